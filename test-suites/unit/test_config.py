@@ -1,0 +1,176 @@
+"""Handler options are validated when the pipeline is built."""
+
+import json
+
+import pytest
+
+from apache_beam_dynamo import VLLMChatModelHandler, VLLMCompletionsModelHandler
+from apache_beam_dynamo.config import (
+    RequestConfig, StackConfig, normalize_server_kwargs)
+from apache_beam_dynamo.errors import ConfigError
+
+
+def test_server_kwargs_are_normalized_to_dashed_flags():
+  assert normalize_server_kwargs(
+      {'max_num_seqs': 32, '--dtype': 'half', 'enforce-eager': None,
+       'trust-remote-code': True, 'gpu_memory_utilization': 0.72},
+      'vllm_server_kwargs') == (
+          ('max-num-seqs', '32'), ('dtype', 'half'), ('enforce-eager', None),
+          ('trust-remote-code', None), ('gpu-memory-utilization', '0.72'))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'enforce-eager': False}, 'negative form'),
+    ({'max-num-seqs': [1]}, 'string, a number or None'),
+    ({'': 'x'}, 'non-empty'),
+])
+def test_bad_server_kwargs(kwargs, message):
+  with pytest.raises(ConfigError, match=message):
+    normalize_server_kwargs(kwargs, 'vllm_server_kwargs')
+
+
+def test_server_kwargs_must_be_a_dict():
+  with pytest.raises(ConfigError, match='must be a dict'):
+    VLLMCompletionsModelHandler('m', ['max-num-seqs'])
+
+
+def test_mocker_requires_use_dynamo(tiny_model):
+  with pytest.raises(ConfigError, match='needs use_dynamo=True'):
+    VLLMCompletionsModelHandler(tiny_model, engine='mocker')
+
+
+def test_unknown_engine():
+  with pytest.raises(ConfigError, match="engine must be one of"):
+    VLLMCompletionsModelHandler('m', use_dynamo=True, engine='sglang')
+
+
+def test_mocker_model_dir_must_exist(tmp_path):
+  with pytest.raises(ConfigError, match='does not exist'):
+    VLLMCompletionsModelHandler(
+        str(tmp_path / 'nope'), use_dynamo=True, engine='mocker')
+
+
+def test_mocker_model_dir_needs_tokenizer(tmp_path):
+  (tmp_path / 'config.json').write_text('{"architectures": ["X"]}')
+  with pytest.raises(ConfigError, match='lacks tokenizer.json, tokenizer_config'):
+    VLLMCompletionsModelHandler(str(tmp_path), use_dynamo=True, engine='mocker')
+
+
+def test_mocker_model_config_needs_architectures(tmp_path, tiny_model):
+  for name in ('tokenizer.json', 'tokenizer_config.json'):
+    (tmp_path / name).write_text((open(f'{tiny_model}/{name}').read()))
+  (tmp_path / 'config.json').write_text('{"model_type": "qwen3"}')
+  with pytest.raises(ConfigError, match='architectures'):
+    VLLMCompletionsModelHandler(str(tmp_path), use_dynamo=True, engine='mocker')
+
+
+@pytest.mark.parametrize('use_dynamo, argument, kwargs', [
+    (True, 'dynamo_frontend_kwargs', {'http-port': '8000'}),
+    (True, 'dynamo_frontend_kwargs', {'http_host': '0.0.0.0'}),
+    (True, 'dynamo_frontend_kwargs', {'namespace': 'x'}),
+    (True, 'dynamo_frontend_kwargs', {'discovery-backend': 'file'}),
+    (True, 'vllm_server_kwargs', {'request-plane': 'nats'}),
+    (False, 'vllm_server_kwargs', {'port': '8000'}),
+    (False, 'vllm_server_kwargs', {'host': '0.0.0.0'}),
+])
+def test_managed_flags_are_rejected(use_dynamo, argument, kwargs):
+  flag = next(iter(kwargs)).replace('_', '-')
+  with pytest.raises(ConfigError, match=f'sets --{flag}, which'):
+    VLLMCompletionsModelHandler('m', use_dynamo=use_dynamo, **{argument: kwargs})
+
+
+def test_managed_flag_with_our_value_is_accepted():
+  # apache-beam 2.77 users often pass the stack's defaults explicitly.
+  VLLMCompletionsModelHandler(
+      'm', {'discovery-backend': 'etcd'},
+      use_dynamo=True,
+      dynamo_frontend_kwargs={'request-plane': 'tcp', 'router-mode': 'random'})
+
+
+def test_model_flag_is_managed_for_the_engine():
+  with pytest.raises(ConfigError, match='--model'):
+    VLLMCompletionsModelHandler('m', {'model': 'other'}, use_dynamo=True)
+
+
+def test_frontend_kwargs_need_dynamo():
+  with pytest.raises(ConfigError, match='only apply with use_dynamo=True'):
+    VLLMCompletionsModelHandler('m', dynamo_frontend_kwargs={'router-mode': 'x'})
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('startup_timeout_s', 0, 'must be positive'),
+    ('startup_timeout_s', 'soon', 'must be a number'),
+    ('max_concurrent_requests', 0, 'positive integer'),
+    ('max_concurrent_requests', 2.5, 'positive integer'),
+    ('request_timeout_s', -1, 'must be positive'),
+    ('max_request_retries', -1, '>= 0'),
+    ('max_restarts', True, '>= 0'),
+    ('keep_alive_s', -1, '>= 0'),
+    ('failed_elements', 'ignore', 'failed_elements must be one of'),
+    ('engine_env', ['A=1'], 'engine_env must be a dict'),
+    ('engine_env', {'A': 1}, 'engine_env must map names to strings'),
+    ('etcd_binary', '', 'etcd_binary must be a path'),
+])
+def test_bad_options(option, value, message):
+  with pytest.raises(ConfigError, match=message):
+    VLLMCompletionsModelHandler('m', use_dynamo=True, **{option: value})
+
+
+def test_unknown_option_lists_the_accepted_ones():
+  with pytest.raises(ConfigError) as error:
+    VLLMCompletionsModelHandler('m', use_dynamo=True, startup_timeout=5)
+  assert 'startup_timeout' in str(error.value)
+  assert 'startup_timeout_s' in str(error.value)
+
+
+def test_empty_model_name():
+  with pytest.raises(ConfigError, match='model_name must be a non-empty'):
+    VLLMCompletionsModelHandler('  ')
+
+
+def test_missing_local_chat_template(tmp_path):
+  with pytest.raises(ConfigError, match='not a readable file'):
+    VLLMChatModelHandler('m', str(tmp_path / 'missing.jinja'), use_dynamo=True)
+
+
+def test_unknown_filesystem_for_chat_template():
+  with pytest.raises(ConfigError, match='no Beam filesystem'):
+    VLLMChatModelHandler('m', 'nosuchfs://bucket/t.jinja', use_dynamo=True)
+
+
+def test_served_model_name_comes_from_the_engine_flags(tiny_model):
+  assert StackConfig('org/m').served_model_name == 'org/m'
+  assert StackConfig(
+      'org/m', engine_args=(('served-model-name', 'a b'), )).served_model_name == 'a'
+  assert StackConfig(
+      tiny_model, use_dynamo=True, engine='mocker',
+      engine_args=(('model-name', 'tiny'), )).served_model_name == 'tiny'
+
+
+def test_config_round_trips_through_json_and_fingerprints_by_content():
+  config = StackConfig(
+      'm', use_dynamo=True, engine_args=(('dtype', 'half'), ('x', None)),
+      engine_env=(('A', '1'), ), chat_template='{{ messages }}')
+  again = StackConfig.from_json(config.to_json())
+  assert again == config
+  assert again.fingerprint() == config.fingerprint()
+  assert StackConfig('m', use_dynamo=True).fingerprint() != config.fingerprint()
+  assert json.loads(config.to_json())['chat_template'] == '{{ messages }}'
+
+
+def test_handlers_keep_apache_beams_positional_order(tiny_model):
+  chat = VLLMChatModelHandler('m', None, {'max-num-seqs': '8'})
+  assert chat._stack_config.engine_args == (('max-num-seqs', '8'), )
+  completions = VLLMCompletionsModelHandler('m', {'max-num-seqs': '8'})
+  assert completions._stack_config.engine_args == (('max-num-seqs', '8'), )
+
+
+def test_batching_arguments_reach_beam():
+  handler = VLLMCompletionsModelHandler(
+      'm', min_batch_size=4, max_batch_size=64, max_batch_duration_secs=2)
+  assert handler.batch_elements_kwargs() == {
+      'min_batch_size': 4, 'max_batch_size': 64, 'max_batch_duration_secs': 2}
+
+
+def test_request_config_defaults_are_valid():
+  assert RequestConfig().max_concurrent_requests == 256
