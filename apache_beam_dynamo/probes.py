@@ -1,0 +1,106 @@
+"""Readiness and liveness probes: small HTTP calls on loopback.
+
+Stdlib only: the supervisor that runs them must start fast and must not
+depend on Beam or an async HTTP stack.
+"""
+
+import http.client
+import json
+import urllib.parse
+from typing import Optional
+
+PROBE_TIMEOUT_S = 2.0
+
+
+def _request(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Optional[dict] = None,
+    timeout: float = PROBE_TIMEOUT_S) -> tuple[int, bytes]:
+  """One HTTP exchange; raises OSError (incl. timeouts) when it can't finish."""
+  parsed = urllib.parse.urlsplit(base_url)
+  conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+  try:
+    payload = None if body is None else json.dumps(body).encode()
+    headers = {} if body is None else {'Content-Type': 'application/json'}
+    conn.request(method, path, body=payload, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+  except http.client.HTTPException as e:
+    raise OSError(f'{method} {base_url}{path}: {e!r}') from e
+  finally:
+    conn.close()
+
+
+def get_ok(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+  try:
+    status, _ = _request(base_url, 'GET', path, timeout=timeout)
+  except OSError:
+    return False
+  return status == 200
+
+
+def answers(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+  """Any HTTP reply counts: the process runs its event loop.
+
+  A Dynamo worker's status server answers 503 "notready" for as long as no
+  endpoint health check is configured, so the status code means nothing
+  here; a hung or SIGSTOPped process does not answer at all.
+  """
+  try:
+    _request(base_url, 'GET', path, timeout=timeout)
+  except OSError:
+    return False
+  return True
+
+
+def etcd_healthy(client_url: str) -> bool:
+  try:
+    status, body = _request(client_url, 'GET', '/health')
+    return status == 200 and json.loads(body).get('health') == 'true'
+  except (OSError, ValueError):
+    return False
+
+
+def model_listed(base_url: str, model: str) -> bool:
+  """``/v1/models`` lists ``model`` (it answers 200 with [] until then)."""
+  try:
+    status, body = _request(base_url, 'GET', '/v1/models')
+    return status == 200 and any(
+        entry.get('id') == model for entry in json.loads(body).get('data', []))
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def model_ready(base_url: str, model: str) -> bool:
+  """Dynamo's per-model readiness: a worker of every needed type is up.
+
+  The ready route can't address a name that starts with '/' (a model served
+  under its local path); for those, being listed is the best signal there is.
+  """
+  if model.startswith('/'):
+    return model_listed(base_url, model)
+  path = f'/v1/models/{urllib.parse.quote(model, safe="")}/ready'
+  try:
+    status, body = _request(base_url, 'GET', path)
+    return status == 200 and json.loads(body).get('ready') is True
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def warm_up(base_url: str, model: str, timeout: float) -> Optional[str]:
+  """Sends one 1-token completion; returns None on success, else why not.
+
+  A model can be listed before its first request succeeds, so readiness ends
+  with a real request.
+  """
+  body = {'model': model, 'prompt': 'warm-up', 'max_tokens': 1}
+  try:
+    status, text = _request(
+        base_url, 'POST', '/v1/completions', body, timeout=timeout)
+  except OSError as e:
+    return f'warm-up request failed: {e}'
+  if status != 200:
+    return f'warm-up request got HTTP {status}: {text[:300]!r}'
+  return None

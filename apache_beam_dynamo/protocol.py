@@ -1,0 +1,68 @@
+"""What a stack's supervisor and its users say to each other.
+
+One supervisor per (user id, stack config) and machine listens on a Linux
+abstract Unix socket named after the config's fingerprint, so that every SDK
+process with the same handler config finds the same stack and none leaves a
+socket file behind. A connection is a lease: the stack lives while one is
+open. Messages are JSON objects, one per line.
+
+supervisor -> user: ``{"type": "state", ...StackState}``,
+``{"type": "log", "logger", "level", "message"}``, ``{"type": "checked",
+"id"}``, ``{"type": "released"}``.
+user -> supervisor: ``{"op": "check", "id"}`` (probe now),
+``{"op": "release", "linger": bool}``.
+"""
+
+import dataclasses
+import json
+import os
+import socket
+from typing import Optional
+
+# Exit code of a supervisor that found another one already serving its config.
+EXIT_ALREADY_RUNNING = 3
+
+STARTING = 'starting'
+READY = 'ready'
+RECOVERING = 'recovering'
+FAILED = 'failed'
+STOPPED = 'stopped'
+
+
+@dataclasses.dataclass(frozen=True)
+class StackState:
+  """The supervisor's view of the stack, pushed to every user on change.
+
+  ``generation`` counts the times the stack became ready; ``restarts``
+  counts restarts after failures.
+  """
+  phase: str
+  base_url: Optional[str] = None
+  model: Optional[str] = None
+  generation: int = 0
+  restarts: int = 0
+  error: Optional[str] = None
+
+
+def socket_address(fingerprint: str) -> str:
+  return f'\0apache_beam_dynamo-{os.getuid()}-{fingerprint}'
+
+
+def encode(message: dict) -> bytes:
+  return (json.dumps(message) + '\n').encode()
+
+
+def state_message(state: StackState) -> dict:
+  return {'type': 'state', **dataclasses.asdict(state)}
+
+
+def state_from(message: dict) -> StackState:
+  fields = {f.name for f in dataclasses.fields(StackState)}
+  return StackState(**{k: v for k, v in message.items() if k in fields})
+
+
+def read_messages(sock: socket.socket):
+  """Yields decoded messages until the peer closes the connection."""
+  with sock.makefile('rb') as stream:
+    for line in stream:
+      yield json.loads(line)

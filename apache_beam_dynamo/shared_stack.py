@@ -1,0 +1,349 @@
+"""The handler's view of the machine's stack: a lease held by this process.
+
+``SharedStack`` connects to the stack supervisor for its config, starting the
+supervisor if none runs yet, and mirrors the supervisor's state. The
+process-wide registry gives every handler copy of a config the same
+``SharedStack`` and holds its lease while any of those copies is alive, so
+the stack stops when the last pipeline using it, in every process of the
+machine, is gone.
+"""
+
+import atexit
+import gc
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import Optional
+
+from apache_beam_dynamo import protocol
+from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.errors import (
+    DynamoHandlerError, StackStartupError, StackUnavailableError)
+from apache_beam_dynamo.protocol import StackState
+
+_LOGGER = logging.getLogger(__name__)
+
+SUPERVISOR_START_TIMEOUT_S = 60.0
+# A stack unused this long makes the registry check whether its holders are
+# only kept alive by garbage cycles (see _Registry).
+IDLE_CHECK_S = 3.0
+# How much longer a user waits than the supervisor's own startup deadline.
+_WAIT_MARGIN_S = 60.0
+
+
+class SharedStack:
+  """A lease on the stack for one config: start, wait_ready, healthy, stop."""
+  def __init__(self, config: StackConfig):
+    self.config = config
+    self._address = protocol.socket_address(config.fingerprint())
+    self._cond = threading.Condition()
+    self._state: Optional[StackState] = None
+    self._sock: Optional[socket.socket] = None
+    self._send_lock = threading.Lock()
+    self._connect_lock = threading.Lock()
+    self._check_ids = itertools.count()
+    self._checks: dict[int, threading.Event] = {}
+    self._supervisor_losses = 0
+    self._closed = False
+    self.last_used = time.monotonic()
+
+  # -- the interface ---------------------------------------------------------
+
+  def start(self) -> None:
+    """Connects to the supervisor for this config, starting one if needed."""
+    with self._connect_lock:
+      if self._sock is None and not self._closed:
+        self._connect()
+
+  def wait_ready(self, timeout_s: Optional[float] = None) -> StackState:
+    """Blocks until the stack serves requests and returns its state.
+
+    Raises StackStartupError if it never became ready, StackUnavailableError
+    if it failed for good after being ready.
+    """
+    self.last_used = time.monotonic()
+    if timeout_s is None:
+      timeout_s = self.config.startup_timeout_s + _WAIT_MARGIN_S
+    deadline = time.monotonic() + timeout_s
+    while True:
+      with self._cond:
+        state, connected = self._state, self._sock is not None
+        if connected and state is not None:
+          if state.phase == protocol.READY:
+            return state
+          if state.phase == protocol.FAILED:
+            error = StackStartupError if state.generation == 0 else (
+                StackUnavailableError)
+            raise error(f'The {self._describe()} failed: {state.error}')
+        left = deadline - time.monotonic()
+        if left <= 0:
+          raise StackStartupError(
+              f'The {self._describe()} was not ready within {timeout_s:.0f} s '
+              f'(state: {state.phase if state else "no supervisor"}).')
+        if connected and (state is None or state.phase != protocol.STOPPED):
+          self._cond.wait(min(left, 1.0))
+          continue
+      self._reconnect()
+
+  def healthy(self) -> bool:
+    with self._cond:
+      return (
+          self._sock is not None and self._state is not None and
+          self._state.phase == protocol.READY)
+
+  @property
+  def state(self) -> Optional[StackState]:
+    return self._state
+
+  def check(self, timeout_s: float = 30.0) -> None:
+    """Asks the supervisor to probe the stack now (after a failed request),
+    so that a dead component is noticed before the next retry."""
+    done = threading.Event()
+    check_id = next(self._check_ids)
+    self._checks[check_id] = done
+    if self._send({'op': 'check', 'id': check_id}):
+      done.wait(timeout_s)
+    self._checks.pop(check_id, None)
+
+  def stop(self, *, wait: bool = False) -> None:
+    """Releases the lease. The last lease of a stack stops it; with ``wait``
+    this returns only once the supervisor has answered (after stopping the
+    stack if this was its last user)."""
+    with self._connect_lock:
+      self._closed = True
+      sock = self._sock
+      if sock is None:
+        return
+      self._send({'op': 'release'})
+      if wait:
+        sock.settimeout(self.config.shutdown_grace_s * 3 + 15)
+        try:
+          while sock.recv(65536):
+            pass
+        except OSError:
+          pass
+      sock.close()
+
+  # -- connection --------------------------------------------------------------
+
+  def _describe(self) -> str:
+    kind = f'Dynamo stack ({self.config.engine})' if self.config.use_dynamo else (
+        'vLLM server')
+    return f'{kind} for {self.config.served_model_name!r}'
+
+  def _send(self, message: dict) -> bool:
+    sock = self._sock
+    if sock is None:
+      return False
+    try:
+      with self._send_lock:
+        sock.sendall(protocol.encode(message))
+      return True
+    except OSError:
+      return False
+
+  def _connect(self) -> None:
+    deadline = time.monotonic() + SUPERVISOR_START_TIMEOUT_S
+    spawned: Optional[subprocess.Popen] = None
+    stderr = None
+    while True:
+      sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+      try:
+        sock.connect(self._address)
+        break
+      except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+      code = None if spawned is None else spawned.poll()
+      if spawned is None or code == protocol.EXIT_ALREADY_RUNNING:
+        spawned, stderr = self._spawn_supervisor()
+      elif code is not None:
+        stderr.seek(0)
+        tail = stderr.read().decode(errors='replace')[-3000:]
+        raise StackStartupError(
+            f'The stack supervisor exited with code {code} before serving. '
+            f'Its output:\n{tail}')
+      if time.monotonic() > deadline:
+        raise StackStartupError(
+            'The stack supervisor did not start serving within '
+            f'{SUPERVISOR_START_TIMEOUT_S:.0f} s.')
+      time.sleep(0.01)
+    if stderr is not None:
+      stderr.close()
+    with self._cond:
+      self._sock = sock
+      self._state = None
+    threading.Thread(
+        target=self._read, args=(sock, ), name='abd-lease', daemon=True).start()
+
+  def _spawn_supervisor(self):
+    stderr = tempfile.TemporaryFile()
+    spawned = subprocess.Popen(
+        [sys.executable, '-m', 'apache_beam_dynamo.supervisor'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+        close_fds=True)
+    spawned.stdin.write(self.config.to_json().encode())
+    spawned.stdin.close()
+    return spawned, stderr
+
+  def _reconnect(self) -> None:
+    """The supervisor went away while we held a lease: start a new stack,
+    within the restart budget."""
+    with self._connect_lock:
+      if self._closed:
+        raise StackUnavailableError(f'The {self._describe()} was released.')
+      stopped = self._state is not None and self._state.phase == protocol.STOPPED
+      if self._sock is not None and not stopped:
+        return
+      if not stopped:  # the supervisor died: that counts as a restart
+        self._supervisor_losses += 1
+        if self._supervisor_losses > self.config.max_restarts:
+          raise StackUnavailableError(
+              f'The {self._describe()} lost its supervisor '
+              f'{self._supervisor_losses} times; giving up.')
+        _LOGGER.warning(
+            'The %s supervisor is gone; starting a new stack.',
+            self._describe())
+      if self._sock is not None:
+        self._sock.close()
+      self._sock = None
+      self._connect()
+
+  def _read(self, sock: socket.socket) -> None:
+    try:
+      for message in protocol.read_messages(sock):
+        kind = message.get('type')
+        if kind == 'state':
+          with self._cond:
+            self._state = protocol.state_from(message)
+            self._cond.notify_all()
+        elif kind == 'log':
+          logging.getLogger(message['logger']).log(
+              message['level'], '%s', message['message'])
+        elif kind == 'checked':
+          event = self._checks.get(message.get('id'))
+          if event is not None:
+            event.set()
+    except (OSError, ValueError):
+      pass
+    with self._cond:
+      if self._sock is sock:
+        self._sock = None
+      self._cond.notify_all()
+    for event in list(self._checks.values()):
+      event.set()
+
+
+class _Registry:
+  """This process's SharedStacks, each leased while a holder object lives.
+
+  Holders are the handler copies in Beam's DoFns. When the last holder of a
+  stack is gone the lease is kept ``keep_alive_s`` longer, so a pipeline
+  that starts right after the previous one reuses the stack.
+
+  Beam keeps a finished pipeline's DoFns in reference cycles, which only the
+  cyclic garbage collector frees, and that may not run for a long time in an
+  idle process. So while a stack is idle the registry runs a collection
+  every IDLE_CHECK_S: if the holders were garbage, the stack stops a few
+  seconds after the pipeline ended; if they are alive, nothing changes.
+  """
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._reset()
+    atexit.register(self.close_all)
+
+  def _reset(self) -> None:
+    self._pid = os.getpid()
+    self._stacks: dict[str, SharedStack] = {}
+    self._holders: dict[str, int] = {}
+    self._expiries: dict[str, threading.Timer] = {}
+    self._registered: 'weakref.WeakKeyDictionary[object, set[str]]' = (
+        weakref.WeakKeyDictionary())
+    self._janitor: Optional[threading.Thread] = None
+
+  def _watch_idle_stacks(self) -> None:
+    while True:
+      time.sleep(IDLE_CHECK_S)
+      with self._lock:
+        if not self._holders or os.getpid() != self._pid:
+          self._janitor = None
+          return
+        idle = any(
+            time.monotonic() - self._stacks[fp].last_used > IDLE_CHECK_S
+            for fp in self._holders)
+      if idle:
+        gc.collect()
+
+  def acquire(self, config: StackConfig, holder: object) -> SharedStack:
+    """The started SharedStack for ``config``, leased while ``holder`` lives."""
+    fingerprint = config.fingerprint()
+    with self._lock:
+      if os.getpid() != self._pid:  # forked: the parent's leases aren't ours
+        self._reset()
+      stack = self._stacks.get(fingerprint)
+      if stack is None:
+        stack = self._stacks[fingerprint] = SharedStack(config)
+      fingerprints = self._registered.setdefault(holder, set())
+      if fingerprint not in fingerprints:
+        fingerprints.add(fingerprint)
+        self._holders[fingerprint] = self._holders.get(fingerprint, 0) + 1
+        expiry = self._expiries.pop(fingerprint, None)
+        if expiry is not None:
+          expiry.cancel()
+        release = weakref.finalize(holder, self._release, fingerprint)
+        release.atexit = False  # close_all handles interpreter exit
+      if self._janitor is None:
+        self._janitor = threading.Thread(
+            target=self._watch_idle_stacks, name='abd-idle', daemon=True)
+        self._janitor.start()
+    stack.start()
+    return stack
+
+  def _release(self, fingerprint: str) -> None:
+    with self._lock:
+      self._holders[fingerprint] -= 1
+      if self._holders[fingerprint] > 0:
+        return
+      keep_alive_s = self._stacks[fingerprint].config.keep_alive_s
+      expiry = threading.Timer(keep_alive_s, self._expire, (fingerprint, ))
+      expiry.daemon = True
+      self._expiries[fingerprint] = expiry
+    expiry.start()
+
+  def _expire(self, fingerprint: str) -> None:
+    with self._lock:
+      if self._holders.get(fingerprint, 0) > 0:
+        return
+      self._holders.pop(fingerprint, None)
+      self._expiries.pop(fingerprint, None)
+      stack = self._stacks.pop(fingerprint, None)
+    if stack is not None:
+      stack.stop()
+
+  def close_all(self) -> None:
+    """At interpreter exit: release every lease and wait for stacks this
+    process was the last user of to be down, so none outlives the program."""
+    with self._lock:
+      if os.getpid() != self._pid:
+        return
+      stacks = list(self._stacks.values())
+      for expiry in self._expiries.values():
+        expiry.cancel()
+      self._stacks, self._holders, self._expiries = {}, {}, {}
+    for stack in stacks:
+      try:
+        stack.stop(wait=True)
+      except DynamoHandlerError:
+        pass
+
+
+registry = _Registry()

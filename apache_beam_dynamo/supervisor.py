@@ -1,0 +1,382 @@
+"""The per-machine stack supervisor: ``python -m apache_beam_dynamo.supervisor``.
+
+The first SDK process that needs a stack starts this program (in a session
+of its own) and writes the stack config to its stdin. The supervisor owns
+the stack's processes: it starts them, watches them (a watchdog probes every
+component each ``liveness_interval_s``), restarts what fails within the
+restart budget, and serves leases on an abstract Unix socket. Every SDK
+process of the machine that uses the same config holds one lease. When the
+last lease is released (or its holder dies), the supervisor stops the stack
+and exits; the next user starts a fresh one. If the supervisor itself dies,
+its reaper kills the stack's process groups.
+
+Only light stdlib-based modules are imported here: this program is on the
+critical path of the stack's startup.
+"""
+
+import collections
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+from apache_beam_dynamo import protocol
+from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.errors import ComponentFailure
+from apache_beam_dynamo.ports import NoFreePortError
+from apache_beam_dynamo.protocol import StackState
+from apache_beam_dynamo.stack import Stack, build_stack, port_conflict
+
+_LOGGER = logging.getLogger('apache_beam_dynamo.supervisor')
+
+# A supervisor nobody connects to (its starter died first) gives up after this.
+FIRST_LEASE_TIMEOUT_S = 60.0
+_PORT_CONFLICT_RETRIES = 3
+_MAX_BACKOFF_S = 30.0
+
+
+class _Cancelled(Exception):
+  pass
+
+
+class Supervisor:
+  """Runs one stack on a thread of its own and keeps it healthy.
+
+  All stack operations happen on that thread; other threads only ask
+  (``check_now``, ``stop``).
+  """
+  def __init__(
+      self,
+      config: StackConfig,
+      publish: Callable[[StackState], None],
+      stack: Stack):
+    self._config = config
+    self._publish_state = publish
+    self._stack = stack
+    self._wake = threading.Event()
+    self._stopping = threading.Event()
+    self._stopped = threading.Event()
+    self._checks_lock = threading.Lock()
+    self._pending_checks: list[threading.Event] = []
+    self._restart_times: collections.deque[float] = collections.deque()
+    self._state = StackState(protocol.STARTING)
+    self._thread = threading.Thread(
+        target=self._run, name='abd-supervisor', daemon=True)
+
+  @property
+  def state(self) -> StackState:
+    return self._state
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def check_now(self, timeout_s: float) -> None:
+    """Runs a liveness pass right away; returns once it is done."""
+    done = threading.Event()
+    with self._checks_lock:
+      self._pending_checks.append(done)
+    self._wake.set()
+    done.wait(timeout_s)
+
+  def stop(self) -> None:
+    """Stops the stack (from any thread) and waits until it is down."""
+    self._stopping.set()
+    self._wake.set()
+    if self._thread.is_alive():
+      self._thread.join()
+    else:
+      self._shutdown()
+
+  # -- the supervisor thread ---------------------------------------------------
+
+  def _publish(self, **changes) -> None:
+    self._state = StackState(**{**self._state.__dict__, **changes})
+    self._publish_state(self._state)
+
+  def _run(self) -> None:
+    try:
+      self._start_stack()
+      self._publish(
+          phase=protocol.READY,
+          base_url=self._stack.base_url,
+          model=self._stack.served_model_name,
+          generation=1)
+      while not self._stopping.is_set():
+        self._wake.wait(self._config.liveness_interval_s)
+        self._wake.clear()
+        if self._stopping.is_set():
+          break
+        failure = self._stack.healthy()
+        if failure is not None:
+          self._recover(failure)
+        self._finish_checks()
+    except _Cancelled:
+      pass
+    except ComponentFailure as failure:
+      _LOGGER.error('The stack failed for good: %s', failure)
+      self._publish(phase=protocol.FAILED, error=str(failure))
+    except Exception as e:  # pylint: disable=broad-except
+      _LOGGER.exception('Supervisor error')
+      self._publish(phase=protocol.FAILED, error=f'supervisor error: {e!r}')
+    finally:
+      self._finish_checks()
+      self._shutdown()
+
+  def _shutdown(self) -> None:
+    if not self._stopped.is_set():
+      self._stopped.set()
+      self._stack.stop()
+      if self._state.phase != protocol.FAILED:
+        self._publish(phase=protocol.STOPPED)
+
+  def _finish_checks(self) -> None:
+    with self._checks_lock:
+      pending, self._pending_checks = self._pending_checks, []
+    for done in pending:
+      done.set()
+
+  def _cancelled(self) -> bool:
+    return self._stopping.is_set()
+
+  def _start_stack(self) -> None:
+    """The first start. A port lost to a race is retried on new ports; any
+    other failure is final: it is a configuration or installation problem,
+    and the error says which."""
+    for attempt in range(_PORT_CONFLICT_RETRIES + 1):
+      try:
+        if attempt == 0:
+          self._stack.start()
+        else:
+          self._stack.stop()
+          self._stack.start()
+        self._wait_ready()
+        return
+      except ComponentFailure as failure:
+        if self._cancelled():
+          raise _Cancelled() from failure
+        if not port_conflict(failure) or attempt == _PORT_CONFLICT_RETRIES:
+          raise
+        _LOGGER.warning('Port conflict at start, retrying: %s', failure.reason)
+      except NoFreePortError as e:
+        raise ComponentFailure('stack', str(e)) from e
+
+  def _wait_ready(self) -> None:
+    try:
+      self._stack.wait_ready(self._config.startup_timeout_s, self._cancelled)
+    except ComponentFailure as failure:
+      if self._cancelled():
+        raise _Cancelled() from failure
+      raise
+
+  def _recover(self, failure: ComponentFailure) -> None:
+    """Restarts until the stack is ready again, within the restart budget."""
+    while failure is not None:
+      now = time.monotonic()
+      while (self._restart_times and
+             now - self._restart_times[0] > self._config.restart_window_s):
+        self._restart_times.popleft()
+      if len(self._restart_times) >= self._config.max_restarts:
+        raise ComponentFailure(
+            failure.component,
+            f'{failure.reason}; giving up after {len(self._restart_times)} '
+            f'restarts in {self._config.restart_window_s:.0f} s',
+            exit_code=failure.exit_code,
+            log_tail=failure.log_tail,
+            remedy='See the log below; raise max_restarts if failures are '
+            'expected.')
+      self._restart_times.append(now)
+      _LOGGER.warning(
+          'Restarting %s (restart %d): %s',
+          failure.component,
+          self._state.restarts + 1,
+          failure)
+      self._publish(
+          phase=protocol.RECOVERING,
+          restarts=self._state.restarts + 1,
+          error=str(failure))
+      self._finish_checks()
+      backoff = min(2.0**(len(self._restart_times) - 1), _MAX_BACKOFF_S)
+      if self._stopping.wait(backoff):
+        raise _Cancelled()
+      try:
+        self._stack.restart(failure.component)
+        self._wait_ready()
+        failure = None
+      except ComponentFailure as again:
+        if self._cancelled():
+          raise _Cancelled() from again
+        failure = again
+    self._publish(
+        phase=protocol.READY,
+        base_url=self._stack.base_url,
+        generation=self._state.generation + 1,
+        error=None)
+    _LOGGER.info('Stack ready again (generation %d).', self._state.generation)
+
+
+class _Lease:
+  def __init__(self, conn: socket.socket, pid: int):
+    self.conn = conn
+    self.pid = pid
+    self.lock = threading.Lock()
+
+  def send(self, message: dict) -> bool:
+    try:
+      with self.lock:
+        self.conn.sendall(protocol.encode(message))
+      return True
+    except OSError:
+      return False
+
+
+class LeaseServer:
+  """Accepts leases, fans out state and logs, and says when all are gone.
+
+  Child log lines and the supervisor's own log records go to one lease (the
+  oldest), whose process logs them: on Dataflow only SDK processes' logs
+  reach Cloud Logging.
+  """
+  def __init__(self, listener: socket.socket):
+    self._listener = listener
+    self._lock = threading.Lock()
+    self._leases: list[_Lease] = []
+    self._closing = False
+    self._first_lease = threading.Event()
+    self.unused = threading.Event()
+    self._log_backlog: collections.deque[dict] = collections.deque(maxlen=500)
+    self.supervisor: Optional[Supervisor] = None
+
+  # -- outgoing --------------------------------------------------------------
+
+  def publish_state(self, state: StackState) -> None:
+    message = protocol.state_message(state)
+    with self._lock:
+      leases = list(self._leases)
+    for lease in leases:
+      lease.send(message)
+
+  def publish_log(self, logger: str, level: int, text: str) -> None:
+    message = {'type': 'log', 'logger': logger, 'level': level, 'message': text}
+    with self._lock:
+      sink = self._leases[0] if self._leases else None
+      if sink is None:
+        self._log_backlog.append(message)
+        return
+    if not sink.send(message):
+      with self._lock:
+        self._log_backlog.append(message)
+
+  # -- incoming --------------------------------------------------------------
+
+  def serve(self) -> None:
+    threading.Thread(target=self._accept, name='abd-accept', daemon=True).start()
+
+  def _accept(self) -> None:
+    while True:
+      try:
+        conn, _ = self._listener.accept()
+      except OSError:
+        return
+      pid, uid, _ = struct.unpack(
+          '3i', conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+      if uid != os.getuid():
+        conn.close()
+        continue
+      lease = _Lease(conn, pid)
+      threading.Thread(
+          target=self._serve_lease, args=(lease, ), daemon=True).start()
+
+  def _serve_lease(self, lease: _Lease) -> None:
+    with self._lock:
+      if self._closing:
+        lease.send(protocol.state_message(StackState(protocol.STOPPED)))
+        lease.conn.close()
+        return
+      self._leases.append(lease)
+      self._first_lease.set()
+      backlog = list(self._log_backlog) if len(self._leases) == 1 else []
+      self._log_backlog.clear()
+      lease.send(protocol.state_message(self.supervisor.state))
+      for message in backlog:
+        lease.send(message)
+    try:
+      for message in protocol.read_messages(lease.conn):
+        if message.get('op') == 'check':
+          self.supervisor.check_now(timeout_s=30.0)
+          lease.send({'type': 'checked', 'id': message.get('id')})
+        elif message.get('op') == 'release':
+          break
+    except (OSError, ValueError):
+      pass  # the holder died: same as a release
+    self._drop(lease)
+
+  def _drop(self, lease: _Lease) -> None:
+    """Ends a lease; the last one stops the stack before its holder hears
+    back, so a holder that waits knows the stack is down."""
+    with self._lock:
+      if lease in self._leases:
+        self._leases.remove(lease)
+      last = not self._leases and not self._closing
+      if last:
+        self._closing = True
+        self._listener.close()  # newcomers start a fresh supervisor
+    if last:
+      self.supervisor.stop()
+      lease.send(protocol.state_message(self.supervisor.state))
+      self.unused.set()
+    else:
+      lease.send({'type': 'released'})
+    lease.conn.close()
+
+  def wait_until_unused(self, first_lease_timeout_s: float) -> None:
+    """Returns once every lease is gone (or none came in time)."""
+    if self._first_lease.wait(first_lease_timeout_s):
+      self.unused.wait()
+
+
+class _ForwardToLeases(logging.Handler):
+  def __init__(self, server: LeaseServer):
+    super().__init__()
+    self._server = server
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self._server.publish_log(record.name, record.levelno, self.format(record))
+
+
+def main() -> int:
+  config = StackConfig.from_json(sys.stdin.read())
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  try:
+    listener.bind(protocol.socket_address(config.fingerprint()))
+  except OSError:
+    return protocol.EXIT_ALREADY_RUNNING
+  listener.listen(64)
+
+  server = LeaseServer(listener)
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  root.addHandler(_ForwardToLeases(server))
+
+  def forward_child_line(component: str, level: int, line: str) -> None:
+    server.publish_log(f'apache_beam_dynamo.{component}', level, line)
+
+  supervisor = Supervisor(
+      config, server.publish_state, build_stack(config, forward_child_line))
+  server.supervisor = supervisor
+  signal.signal(signal.SIGTERM, lambda *_: server.unused.set())
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  server.serve()
+  supervisor.start()
+  server.wait_until_unused(FIRST_LEASE_TIMEOUT_S)
+  listener.close()
+  supervisor.stop()
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,158 @@
+"""Process supervision with real (tiny) child processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from apache_beam_dynamo import ports
+from apache_beam_dynamo.launch import Launch
+from apache_beam_dynamo.process import ManagedProcess, group_alive, line_level
+from apache_beam_dynamo.reaper import Reaper
+
+# A parent that starts a grandchild in its own process group, like
+# dynamo.vllm starting vLLM's EngineCore, then waits.
+_FAMILY = '''
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("child", child.pid, flush=True)
+print("WARN something odd", flush=True)
+time.sleep(60)
+'''
+
+
+def _launch(code, component='engine'):
+  return Launch.of(component, [sys.executable, '-c', code], dict(os.environ))
+
+
+def _collect():
+  lines = []
+  return lines, lambda component, level, line: lines.append(
+      (component, level, line))
+
+
+def _wait_for(predicate, timeout_s=10.0):
+  deadline = time.monotonic() + timeout_s
+  while not predicate():
+    assert time.monotonic() < deadline, 'timed out'
+    time.sleep(0.02)
+
+
+def test_stop_kills_the_whole_process_group():
+  lines, sink = _collect()
+  process = ManagedProcess(_launch(_FAMILY), sink)
+  _wait_for(lambda: any('child' in l[2] for l in lines))
+  grandchild = int(next(l[2] for l in lines if 'child' in l[2]).split()[1])
+  assert os.getpgid(grandchild) == process.pgid != os.getpgid(0)
+  process.stop(grace_s=5)
+  assert not process.alive()
+  assert not psutil.pid_exists(grandchild) or (
+      psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE)
+  assert not group_alive(process.pgid)
+
+
+def test_stop_escalates_to_sigkill_when_sigterm_is_ignored():
+  code = ('import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);'
+          'print("up", flush=True); time.sleep(60)')
+  lines, sink = _collect()
+  process = ManagedProcess(_launch(code), sink)
+  _wait_for(lambda: lines)
+  started = time.monotonic()
+  assert process.stop(grace_s=0.5) == -signal.SIGKILL
+  assert time.monotonic() - started < 5
+
+
+def test_output_is_forwarded_with_levels_and_kept_as_tail():
+  lines, sink = _collect()
+  process = ManagedProcess(
+      _launch('import sys; [print("line", i) for i in range(100)];'
+              'print("ERROR boom", file=sys.stderr); sys.exit(3)'), sink,
+      tail_lines=10)
+  _wait_for(lambda: not process.alive())
+  failure = process.failure('exited unexpectedly')
+  assert failure.exit_code == 3
+  assert failure.log_tail[-1] == 'ERROR boom'
+  assert len(failure.log_tail) == 10
+  assert 'engine: exited unexpectedly (exit code 3)' in str(failure)
+  assert ('engine', 40, 'ERROR boom') in lines
+
+
+@pytest.mark.parametrize('line, level', [
+    ('2026-11-22T06:15:04.222525Z  WARN mm_routing: x', 30),
+    ('2026-11-22T06:15:04.222525Z ERROR dynamo: x', 40),
+    ('INFO 11-22 06:00:00 [core.py:1] Engine started', 20),
+    ('(EngineCore pid=12) WARNING 11-22 something', 30),
+    ('plain text', 20),
+])
+def test_line_level(line, level):
+  assert line_level(line) == level
+
+
+def test_reaper_kills_registered_groups_when_its_owner_dies(tmp_path):
+  # The owner is a separate process that registers a group and a dir with
+  # its reaper, then is SIGKILLed.
+  marker = tmp_path / 'run'
+  owner_code = f'''
+import subprocess, sys, time, os
+from apache_beam_dynamo.reaper import Reaper
+reaper = Reaper()
+victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                          start_new_session=True)
+os.mkdir({str(marker)!r})
+reaper.watch_group(victim.pid)
+reaper.watch_dir({str(marker)!r})
+print(victim.pid, flush=True)
+time.sleep(60)
+'''
+  owner = subprocess.Popen([sys.executable, '-c', owner_code],
+                           stdout=subprocess.PIPE, text=True)
+  victim = int(owner.stdout.readline())
+  assert psutil.pid_exists(victim) and marker.exists()
+  owner.kill()
+  owner.wait()
+  _wait_for(lambda: not psutil.pid_exists(victim) or psutil.Process(
+      victim).status() == psutil.STATUS_ZOMBIE, timeout_s=5)
+  _wait_for(lambda: not marker.exists(), timeout_s=5)
+
+
+def test_reaper_leaves_forgotten_groups_alone():
+  victim = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'],
+                            start_new_session=True)
+  reaper = Reaper()
+  reaper.watch_group(victim.pid)
+  reaper.forget_group(victim.pid)
+  reaper.close()
+  assert victim.poll() is None
+  victim.kill()
+  victim.wait()
+
+
+def test_ports_are_free_distinct_and_in_range(monkeypatch):
+  monkeypatch.setenv(ports.PORT_RANGE_ENV, '21000-21050')
+  picked = ports.pick_ports(4)
+  assert len(set(picked)) == 4
+  assert all(21000 <= p <= 21050 and ports.is_free(p) for p in picked)
+
+
+def test_no_free_port_is_a_clear_error(monkeypatch):
+  import socket
+  holder = socket.socket()
+  holder.bind(('127.0.0.1', 0))
+  taken = holder.getsockname()[1]
+  holder.listen()
+  monkeypatch.setenv(ports.PORT_RANGE_ENV, f'{taken}-{taken}')
+  try:
+    with pytest.raises(ports.NoFreePortError, match='No free TCP port'):
+      ports.pick_ports(1)
+  finally:
+    holder.close()
+
+
+def test_bad_port_range(monkeypatch):
+  monkeypatch.setenv(ports.PORT_RANGE_ENV, 'x')
+  with pytest.raises(Exception, match='LOW-HIGH'):
+    ports.port_range()
