@@ -1,0 +1,44 @@
+"""Beam metrics for the handlers, in RunInference's metrics namespace.
+
+Beam metrics are recorded per thread, so they are updated from the thread
+that runs ``run_inference`` (never from the client's event loop thread).
+"""
+
+from apache_beam.metrics.metric import Metrics
+
+from apache_beam_dynamo.client import BatchStats
+
+NAMESPACE = 'BeamML_Dynamo'
+
+
+class HandlerMetrics:
+  def __init__(self, namespace: str = NAMESPACE):
+    self.requests = Metrics.counter(namespace, 'requests')
+    self.request_retries = Metrics.counter(namespace, 'request_retries')
+    self.request_failures = Metrics.counter(namespace, 'request_failures')
+    self.prompt_tokens = Metrics.counter(namespace, 'prompt_tokens')
+    self.completion_tokens = Metrics.counter(namespace, 'completion_tokens')
+    self.request_latency_ms = Metrics.distribution(
+        namespace, 'request_latency_ms')
+    # A gauge, not a counter: every SDK process sees the same restarts.
+    self.stack_restarts = Metrics.gauge(namespace, 'stack_restarts')
+
+  def record(self, stats: BatchStats, outcomes, restarts: int) -> None:
+    self.requests.inc(stats.requests)
+    if stats.retries:
+      self.request_retries.inc(stats.retries)
+    if stats.failures:
+      self.request_failures.inc(stats.failures)
+    for latency in stats.latencies_ms:
+      self.request_latency_ms.update(latency)
+    prompt = completion = 0
+    for outcome in outcomes:
+      usage = getattr(outcome, 'usage', None)
+      if usage is not None:
+        prompt += usage.prompt_tokens or 0
+        completion += usage.completion_tokens or 0
+    if prompt:
+      self.prompt_tokens.inc(prompt)
+    if completion:
+      self.completion_tokens.inc(completion)
+    self.stack_restarts.set(restarts)
