@@ -201,9 +201,15 @@ def frontend_launch(
 
 
 def engine_launch(
-    config: StackConfig, placement: Placement,
-    parent: Mapping[str, str]) -> Launch:
-  """dynamo.vllm on the GPU, or dynamo.mocker on the CPU."""
+    config: StackConfig,
+    placement: Placement,
+    parent: Mapping[str, str],
+    gpu_defaults: ServerArgs = ()) -> Launch:
+  """dynamo.vllm on the GPU, or dynamo.mocker on the CPU.
+
+  ``gpu_defaults`` are flags the worker's GPU needs (see gpu.py); the
+  user's flags of the same name win.
+  """
   env = _dynamo_environment(parent, placement)
   # With a system port the worker serves its own model card, so the frontend
   # never has to resolve the served name through the Hugging Face hub.
@@ -221,14 +227,16 @@ def engine_launch(
   argv = [sys.executable, '-m', 'dynamo.vllm', '--model', config.model]
   if config.chat_template:
     argv += ['--custom-jinja-template', placement.chat_template_file]
-  argv += flags(_VLLM_ENGINE_DEFAULTS, config.engine_args)
+  argv += flags(_VLLM_ENGINE_DEFAULTS + gpu_defaults, config.engine_args)
   env.update(_gpu_environment(parent, config))
   return Launch.of('engine', argv, env)
 
 
 def native_vllm_launch(
-    config: StackConfig, placement: Placement,
-    parent: Mapping[str, str]) -> Launch:
+    config: StackConfig,
+    placement: Placement,
+    parent: Mapping[str, str],
+    gpu_defaults: ServerArgs = ()) -> Launch:
   argv = [
       sys.executable, '-m', 'vllm.entrypoints.openai.api_server',
       '--model', config.model,
@@ -237,7 +245,7 @@ def native_vllm_launch(
   ]  # yapf: disable
   if config.chat_template:
     argv += ['--chat-template', placement.chat_template_file]
-  argv += flags((), config.engine_args)
+  argv += flags(gpu_defaults, config.engine_args)
   env = _inherited(parent)
   env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
   env.update(_gpu_environment(parent, config))

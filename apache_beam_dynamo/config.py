@@ -155,6 +155,9 @@ class StackConfig:
     shutdown_grace_s: SIGTERM to SIGKILL delay when stopping a component.
     keep_alive_s: how long the stack outlives its last user, so a pipeline
       that starts right after the previous one reuses it.
+    adapt_to_gpu: on the worker, give vLLM the flags its GPU needs unless
+      set: ``--dtype half`` below compute capability 8.0 (T4), and
+      ``--gpu-memory-utilization 0.72 --max-num-seqs 32`` below 20 GiB.
   """
   model: str
   use_dynamo: bool = False
@@ -170,6 +173,7 @@ class StackConfig:
   restart_window_s: float = 600.0
   shutdown_grace_s: float = 10.0
   keep_alive_s: float = 2.0
+  adapt_to_gpu: bool = True
 
   def __post_init__(self):
     if not isinstance(self.model, str) or not self.model.strip():
@@ -198,6 +202,9 @@ class StackConfig:
       if not isinstance(key, str) or not key or not isinstance(value, str):
         raise ConfigError(
             f'engine_env must map names to strings, got {key!r}: {value!r}.')
+    if not isinstance(self.adapt_to_gpu, bool):
+      raise ConfigError(
+          f'adapt_to_gpu must be True or False, got {self.adapt_to_gpu!r}.')
     if self.etcd_binary is not None and (not isinstance(self.etcd_binary, str)
                                          or not self.etcd_binary):
       raise ConfigError(f'etcd_binary must be a path, got {self.etcd_binary!r}')

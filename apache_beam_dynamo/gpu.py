@@ -1,0 +1,81 @@
+"""What the worker's GPU is, and the engine flags it needs.
+
+Runs on the worker (the machine that launches a Dataflow job usually has no
+GPU). A T4 (compute capability 7.5) has no bfloat16 and 16 GB of memory;
+vLLM's defaults fail there, so the engine gets ``--dtype half`` and the
+memory settings apache-beam's own vLLM example uses, unless the user set
+them.
+"""
+
+import dataclasses
+import glob
+import logging
+import subprocess
+from typing import Mapping, Optional
+
+from apache_beam_dynamo.config import ServerArgs
+
+_LOGGER = logging.getLogger(__name__)
+
+# GPUs with less memory than this get the small-GPU memory defaults.
+SMALL_GPU_MIB = 20 * 1024
+SMALL_GPU_DEFAULTS: ServerArgs = (
+    ('gpu-memory-utilization', '0.72'),
+    ('max-num-seqs', '32'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuInfo:
+  name: str
+  compute_capability: float
+  memory_mib: int
+
+
+def gpu_visible(parent: Mapping[str, str]) -> bool:
+  if parent.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+    return False
+  return bool(glob.glob('/dev/nvidia[0-9]*'))
+
+
+def parse_nvidia_smi(text: str) -> list[GpuInfo]:
+  """Parses ``nvidia-smi --query-gpu=name,compute_cap,memory.total
+  --format=csv,noheader,nounits``."""
+  gpus = []
+  for line in text.strip().splitlines():
+    name, capability, memory = (field.strip() for field in line.split(','))
+    gpus.append(GpuInfo(name, float(capability), int(float(memory))))
+  return gpus
+
+
+def first_gpu(parent: Mapping[str, str]) -> Optional[GpuInfo]:
+  """The first GPU the engine will see, or None if nvidia-smi can't tell."""
+  visible = parent.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip()
+  try:
+    result = subprocess.run([
+        'nvidia-smi', f'--id={visible}',
+        '--query-gpu=name,compute_cap,memory.total',
+        '--format=csv,noheader,nounits'
+    ],
+                            capture_output=True,
+                            text=True,
+                            timeout=30,
+                            check=True)
+    gpus = parse_nvidia_smi(result.stdout)
+  except (OSError, subprocess.SubprocessError, ValueError) as e:
+    _LOGGER.warning('Could not query the GPU with nvidia-smi (%s); using '
+                    "vLLM's defaults.", e)
+    return None
+  return gpus[0] if gpus else None
+
+
+def engine_defaults(gpu: Optional[GpuInfo]) -> ServerArgs:
+  """vLLM flags this GPU needs; user flags of the same name replace them."""
+  if gpu is None:
+    return ()
+  defaults: ServerArgs = ()
+  if gpu.compute_capability < 8.0:
+    defaults += (('dtype', 'half'), )
+  if gpu.memory_mib < SMALL_GPU_MIB:
+    defaults += SMALL_GPU_DEFAULTS
+  return defaults
