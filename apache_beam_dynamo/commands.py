@@ -21,9 +21,12 @@ from apache_beam_dynamo.errors import ComponentFailure
 from apache_beam_dynamo.launch import Launch
 
 # Per-request INFO lines cost CPU on the hot path and fill logs; startup,
-# warnings and errors stay visible. A DYN_LOG set by the user wins.
+# warnings and errors stay visible (but not the frontend's warning, at every
+# start, that a text-only model can't use multimodal routing, nor the status
+# server's line for each liveness probe). A DYN_LOG set by the user wins.
 QUIET_DYN_LOG = (
-    'info,dynamo_llm::http::service=warn,dynamo_runtime::pipeline::network=warn')
+    'info,dynamo_llm::http::service=warn,dynamo_runtime::pipeline::network=warn,'
+    'dynamo_runtime::system_status_server=warn,mm_routing=error')
 
 _FRONTEND_DEFAULTS: ServerArgs = (
     ('discovery-backend', 'etcd'),
@@ -227,7 +230,8 @@ def engine_launch(
   argv = [sys.executable, '-m', 'dynamo.vllm', '--model', config.model]
   if config.chat_template:
     argv += ['--custom-jinja-template', placement.chat_template_file]
-  argv += flags(_VLLM_ENGINE_DEFAULTS + gpu_defaults, config.engine_args)
+  argv += flags(_VLLM_ENGINE_DEFAULTS + gpu_defaults,
+                config.served_name_flag + config.engine_args)
   env.update(_gpu_environment(parent, config))
   return Launch.of('engine', argv, env)
 
@@ -245,7 +249,7 @@ def native_vllm_launch(
   ]  # yapf: disable
   if config.chat_template:
     argv += ['--chat-template', placement.chat_template_file]
-  argv += flags(gpu_defaults, config.engine_args)
+  argv += flags(gpu_defaults, config.served_name_flag + config.engine_args)
   env = _inherited(parent)
   env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
   env.update(_gpu_environment(parent, config))

@@ -223,11 +223,22 @@ class StackConfig:
 
   @property
   def served_model_name(self) -> str:
-    """The name requests use: the engine's served-name flag, else ``model``."""
+    """The name requests use: the engine's served-name flag if given, else
+    the directory name of a local model, else the hub id."""
     for flag, value in self.engine_args:
       if flag in SERVED_NAME_FLAGS and value:
         return value.split()[0]
+    if looks_like_local_path(self.model):
+      return os.path.basename(os.path.normpath(self.model))
     return self.model
+
+  @property
+  def served_name_flag(self) -> ServerArgs:
+    """``--served-model-name`` for vLLM when the default would differ."""
+    explicit = any(flag in SERVED_NAME_FLAGS for flag, _ in self.engine_args)
+    if explicit or self.served_model_name == self.model:
+      return ()
+    return (('served-model-name', self.served_model_name), )
 
   def engine_args_without(self, *flags: str) -> ServerArgs:
     return tuple((f, v) for f, v in self.engine_args if f not in flags)

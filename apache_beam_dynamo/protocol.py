@@ -34,7 +34,8 @@ class StackState:
   """The supervisor's view of the stack, pushed to every user on change.
 
   ``generation`` counts the times the stack became ready; ``restarts``
-  counts restarts after failures.
+  counts restarts after failures; ``last_recovery_s`` is how long the last
+  recovery took, from detecting the failure to ready again.
   """
   phase: str
   base_url: Optional[str] = None
@@ -42,6 +43,7 @@ class StackState:
   generation: int = 0
   restarts: int = 0
   error: Optional[str] = None
+  last_recovery_s: Optional[float] = None
 
 
 def socket_address(fingerprint: str) -> str:

@@ -20,11 +20,12 @@ import uuid
 from typing import Callable, Mapping, Optional
 
 from apache_beam_dynamo import commands
+from apache_beam_dynamo import discovery
 from apache_beam_dynamo import gpu
 from apache_beam_dynamo import ports
 from apache_beam_dynamo import probes
 from apache_beam_dynamo.commands import Placement
-from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.config import StackConfig, looks_like_local_path
 from apache_beam_dynamo.errors import ComponentFailure
 from apache_beam_dynamo.launch import Launch
 from apache_beam_dynamo.process import LineSink, ManagedProcess
@@ -63,6 +64,7 @@ class _Component:
 
 class Stack(abc.ABC):
   """Processes of one stack, in start order, with a private run directory."""
+  MODEL_COMPONENT: str  # the component that loads the model
   def __init__(
       self,
       config: StackConfig,
@@ -91,6 +93,7 @@ class Stack(abc.ABC):
 
     Raises ComponentFailure when a component cannot even be launched.
     """
+    self._check_model()
     self._check_machine()
     self._reaper = Reaper()
     run_dir = tempfile.mkdtemp(prefix='apache-beam-dynamo-')  # mode 0700
@@ -180,10 +183,13 @@ class Stack(abc.ABC):
       affected = self._components
     self._start_components(affected)
 
-  def stop(self) -> None:
-    """Stops every component (SIGTERM, grace, SIGKILL) and removes the dir."""
+  def stop(self, grace_s: Optional[float] = None) -> None:
+    """Stops every component (SIGTERM, grace, SIGKILL) and removes the dir.
+
+    ``grace_s`` defaults to the config's ``shutdown_grace_s``.
+    """
     for component in reversed(self._components):
-      self._stop_component(component)
+      self._stop_component(component, grace_s)
     if self.placement is not None:
       shutil.rmtree(self.placement.run_dir, ignore_errors=True)
     if self._reaper is not None:
@@ -193,6 +199,16 @@ class Stack(abc.ABC):
       self._reaper = None
 
   # -- shared machinery ------------------------------------------------------
+
+  def _check_model(self) -> None:
+    model = self.config.model
+    if looks_like_local_path(model) and not os.path.isdir(
+        os.path.expanduser(model)):
+      raise ComponentFailure(
+          self.MODEL_COMPONENT,
+          f'the model directory {model!r} does not exist on this worker',
+          remedy='Use a hub id, or a directory that exists on every worker '
+          '(baked into the container image or on a mounted disk).')
 
   def _component(self, name: str) -> _Component:
     return next(c for c in self._components if c.name == name)
@@ -206,11 +222,14 @@ class Stack(abc.ABC):
       self._reaper.watch_group(component.process.pgid)
       self._after_launch(component)
 
-  def _stop_component(self, component: _Component) -> None:
+  def _stop_component(
+      self, component: _Component, grace_s: Optional[float] = None) -> None:
     if component.process is None:
       return
-    component.process.stop(self.config.shutdown_grace_s)
+    component.process.stop(
+        self.config.shutdown_grace_s if grace_s is None else grace_s)
     self._reaper.forget_group(component.process.pgid)
+    component.process = None
 
   def _raise_if_exited(self) -> None:
     for component in self._components:
@@ -271,6 +290,7 @@ class Stack(abc.ABC):
 
 class DynamoStack(Stack):
   """etcd + dynamo.frontend + one Dynamo engine, all on loopback."""
+  MODEL_COMPONENT = 'engine'
   def _check_machine(self) -> None:
     if importlib.util.find_spec('dynamo') is None:
       raise ComponentFailure(
@@ -374,6 +394,17 @@ class DynamoStack(Stack):
     # survive it, and its member identity changes with its ports.
     if component.name == 'etcd':
       shutil.rmtree(self.placement.etcd_data_dir, ignore_errors=True)
+    # A replaced engine's registration would outlive it by its lease (~10 s)
+    # and draw requests that fail: drop it now.
+    elif component.name == 'engine' and self._etcd_up():
+      discovery.revoke_dead(
+          self.placement.etcd_endpoints, self.placement.namespace)
+
+  def _etcd_up(self) -> bool:
+    if self.placement.external_etcd:
+      return True
+    etcd = self._components[0]
+    return etcd.process is not None and etcd.process.alive()
 
   def _after_launch(self, component: _Component) -> None:
     # Frontend and engine connect to etcd as they start: let it come up first
@@ -403,6 +434,7 @@ class DynamoStack(Stack):
 
 class NativeVLLMStack(Stack):
   """vLLM's own OpenAI-compatible server (``use_dynamo=False``)."""
+  MODEL_COMPONENT = 'vllm-server'
   def _check_machine(self) -> None:
     if importlib.util.find_spec('vllm') is None:
       raise ComponentFailure(

@@ -36,6 +36,8 @@ _LOGGER = logging.getLogger('apache_beam_dynamo.supervisor')
 
 # A supervisor nobody connects to (its starter died first) gives up after this.
 FIRST_LEASE_TIMEOUT_S = 60.0
+# SIGTERM-to-SIGKILL delay when the last lease holder died without releasing.
+ABANDONED_GRACE_S = 1.0
 _PORT_CONFLICT_RETRIES = 3
 _MAX_BACKOFF_S = 30.0
 
@@ -64,6 +66,7 @@ class Supervisor:
     self._checks_lock = threading.Lock()
     self._pending_checks: list[threading.Event] = []
     self._restart_times: collections.deque[float] = collections.deque()
+    self._stop_grace_s: Optional[float] = None
     self._state = StackState(protocol.STARTING)
     self._thread = threading.Thread(
         target=self._run, name='abd-supervisor', daemon=True)
@@ -83,8 +86,12 @@ class Supervisor:
     self._wake.set()
     done.wait(timeout_s)
 
-  def stop(self) -> None:
-    """Stops the stack (from any thread) and waits until it is down."""
+  def stop(self, grace_s: Optional[float] = None) -> None:
+    """Stops the stack (from any thread) and waits until it is down.
+
+    ``grace_s`` overrides the SIGTERM-to-SIGKILL delay.
+    """
+    self._stop_grace_s = grace_s
     self._stopping.set()
     self._wake.set()
     if self._thread.is_alive():
@@ -130,7 +137,7 @@ class Supervisor:
   def _shutdown(self) -> None:
     if not self._stopped.is_set():
       self._stopped.set()
-      self._stack.stop()
+      self._stack.stop(self._stop_grace_s)
       if self._state.phase != protocol.FAILED:
         self._publish(phase=protocol.STOPPED)
 
@@ -175,6 +182,8 @@ class Supervisor:
 
   def _recover(self, failure: ComponentFailure) -> None:
     """Restarts until the stack is ready again, within the restart budget."""
+    detected = time.monotonic()
+    first = failure.component
     while failure is not None:
       now = time.monotonic()
       while (self._restart_times and
@@ -211,12 +220,16 @@ class Supervisor:
         if self._cancelled():
           raise _Cancelled() from again
         failure = again
+    recovery_s = round(time.monotonic() - detected, 2)
     self._publish(
         phase=protocol.READY,
         base_url=self._stack.base_url,
         generation=self._state.generation + 1,
-        error=None)
-    _LOGGER.info('Stack ready again (generation %d).', self._state.generation)
+        error=None,
+        last_recovery_s=recovery_s)
+    _LOGGER.warning(
+        'Recovered from the %s failure in %.1f s (generation %d).', first,
+        recovery_s, self._state.generation)
 
 
 class _Lease:
@@ -304,20 +317,24 @@ class LeaseServer:
       lease.send(protocol.state_message(self.supervisor.state))
       for message in backlog:
         lease.send(message)
+    released = False
     try:
       for message in protocol.read_messages(lease.conn):
         if message.get('op') == 'check':
           self.supervisor.check_now(timeout_s=30.0)
           lease.send({'type': 'checked', 'id': message.get('id')})
         elif message.get('op') == 'release':
+          released = True
           break
     except (OSError, ValueError):
-      pass  # the holder died: same as a release
-    self._drop(lease)
+      pass
+    self._drop(lease, abandoned=not released)
 
-  def _drop(self, lease: _Lease) -> None:
+  def _drop(self, lease: _Lease, abandoned: bool) -> None:
     """Ends a lease; the last one stops the stack before its holder hears
-    back, so a holder that waits knows the stack is down."""
+    back, so a holder that waits knows the stack is down. A lease whose
+    holder died (no release) stops it with a short grace: nobody is left to
+    serve, and the stack must not outlive its owner by much."""
     with self._lock:
       if lease in self._leases:
         self._leases.remove(lease)
@@ -326,7 +343,7 @@ class LeaseServer:
         self._closing = True
         self._listener.close()  # newcomers start a fresh supervisor
     if last:
-      self.supervisor.stop()
+      self.supervisor.stop(ABANDONED_GRACE_S if abandoned else None)
       lease.send(protocol.state_message(self.supervisor.state))
       self.unused.set()
     else:

@@ -44,6 +44,13 @@ def stack_processes() -> list[str]:
   return found
 
 
+def stack_pids(marker: str) -> list[int]:
+  """Pids of live stack processes whose command line contains ``marker``."""
+  return [
+      int(line.split()[0]) for line in stack_processes() if marker in line
+  ]
+
+
 def stack_leftovers() -> list[str]:
   return stack_processes() + glob.glob(RUN_DIR_GLOB)
 

@@ -97,6 +97,17 @@ def test_dynamo_vllm_engine_command_and_environment():
   assert env['VLLM_USE_FLASHINFER_SAMPLER'] == '0'  # no flashinfer here
 
 
+def test_a_local_model_is_served_under_its_directory_name():
+  config = StackConfig('/models/qwen3', use_dynamo=True)
+  argv = commands.engine_launch(config, PLACEMENT, PARENT).argv
+  assert _flag(argv, '--model') == '/models/qwen3'
+  assert _flag(argv, '--served-model-name') == 'qwen3'
+  native = commands.native_vllm_launch(StackConfig('/models/qwen3'), PLACEMENT, PARENT)
+  assert _flag(native.argv, '--served-model-name') == 'qwen3'
+  hub = commands.engine_launch(StackConfig('org/m', use_dynamo=True), PLACEMENT, PARENT)
+  assert '--served-model-name' not in hub.argv
+
+
 def test_engine_is_pinned_to_gpu_0_by_default():
   parent = {k: v for k, v in PARENT.items() if k != 'CUDA_VISIBLE_DEVICES'}
   launch = commands.engine_launch(
@@ -114,6 +125,10 @@ def test_mocker_engine_uses_its_own_flags(tiny_model):
   assert argv[:3] == (sys.executable, '-m', 'dynamo.mocker')
   assert _flag(argv, '--model-path') == tiny_model
   assert _flag(argv, '--model-name') == 'tiny'
+  default = commands.engine_launch(
+      StackConfig(tiny_model, use_dynamo=True, engine='mocker'), PLACEMENT,
+      PARENT).argv
+  assert _flag(default, '--model-name') == 'tiny_model'
   assert '--served-model-name' not in argv
   assert _flag(argv, '--speedup-ratio') == '0'
   assert '--kv-events-config' not in argv  # not a mocker flag

@@ -145,6 +145,9 @@ def test_served_model_name_comes_from_the_engine_flags(tiny_model):
   assert StackConfig(
       tiny_model, use_dynamo=True, engine='mocker',
       engine_args=(('model-name', 'tiny'), )).served_model_name == 'tiny'
+  # A local model is served under its directory name, not its path.
+  assert StackConfig(tiny_model).served_model_name == 'tiny_model'
+  assert StackConfig('/models/llama/').served_model_name == 'llama'
 
 
 def test_config_round_trips_through_json_and_fingerprints_by_content():
