@@ -11,6 +11,7 @@ change it (see README, "Network").
 
 import dataclasses
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -28,31 +29,37 @@ QUIET_DYN_LOG = (
     'info,dynamo_llm::http::service=warn,dynamo_runtime::pipeline::network=warn,'
     'dynamo_runtime::system_status_server=warn,mm_routing=error')
 
-_FRONTEND_DEFAULTS: ServerArgs = (
-    ('discovery-backend', 'etcd'),
-    ('request-plane', 'tcp'),
-    ('event-plane', 'zmq'),
-    ('router-mode', 'round-robin'),
-    ('no-router-kv-events', None),
-)
-_ENGINE_PLANES: ServerArgs = (
+_PLANES: ServerArgs = (
     ('discovery-backend', 'etcd'),
     ('request-plane', 'tcp'),
     ('event-plane', 'zmq'),
 )
-_VLLM_ENGINE_DEFAULTS: ServerArgs = _ENGINE_PLANES + (
-    ('kv-events-config', '{"enable_kv_cache_events": false}'), )
+_NO_KV_EVENTS = '{"enable_kv_cache_events": false}'
+
+
+def _kv_events_config(port: int) -> str:
+  """vLLM publishes KV events here (loopback); dynamo.vllm subscribes."""
+  return json.dumps({
+      'enable_kv_cache_events': True,
+      'publisher': 'zmq',
+      'endpoint': f'tcp://127.0.0.1:{port}',
+  })
 
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-  """Where one stack lives on a machine: ports, namespace, private dir."""
+  """Where one stack lives on a machine: ports, namespace, private dir.
+
+  ``system_ports`` and ``kv_event_ports`` have one entry per engine (KV
+  event ports only with KV-aware routing).
+  """
   run_dir: str
   namespace: str
   http_port: int
-  etcd_client_port: int
-  etcd_peer_port: int
-  system_port: int
+  etcd_client_port: int = 0
+  etcd_peer_port: int = 0
+  system_ports: tuple[int, ...] = ()
+  kv_event_ports: tuple[int, ...] = ()
   external_etcd: Optional[str] = None
 
   @property
@@ -63,9 +70,8 @@ class Placement:
   def etcd_endpoints(self) -> str:
     return self.external_etcd or f'http://127.0.0.1:{self.etcd_client_port}'
 
-  @property
-  def system_url(self) -> str:
-    return f'http://127.0.0.1:{self.system_port}'
+  def system_url(self, engine: int) -> str:
+    return f'http://127.0.0.1:{self.system_ports[engine]}'
 
   @property
   def etcd_data_dir(self) -> str:
@@ -135,8 +141,13 @@ def _dynamo_environment(
   return env
 
 
-def _gpu_environment(parent: Mapping[str, str], config: StackConfig) -> dict:
-  env = {'CUDA_VISIBLE_DEVICES': parent.get('CUDA_VISIBLE_DEVICES', '0')}
+def _gpu_environment(
+    parent: Mapping[str, str], config: StackConfig,
+    gpus: tuple[int, ...]) -> dict:
+  """Pins the engine to its GPUs (else the worker's, else GPU 0)."""
+  visible = ','.join(map(str, gpus)) if gpus else parent.get(
+      'CUDA_VISIBLE_DEVICES', '0')
+  env = {'CUDA_VISIBLE_DEVICES': visible}
   # vLLM 0.26 probes FlashInfer's sampler at start and dies without it.
   if importlib.util.find_spec('flashinfer') is None:
     env['VLLM_USE_FLASHINFER_SAMPLER'] = '0'
@@ -193,11 +204,15 @@ def etcd_launch(
 def frontend_launch(
     config: StackConfig, placement: Placement,
     parent: Mapping[str, str]) -> Launch:
+  # KV-aware routing listens to the engines' KV events; other modes don't.
+  kv_events = ('router-kv-events' if config.router_mode == 'kv' else
+               'no-router-kv-events', None)
+  defaults = _PLANES + (('router-mode', config.router_mode), kv_events)
   argv = [
       sys.executable, '-m', 'dynamo.frontend',
       '--http-host', '127.0.0.1',
       '--http-port', str(placement.http_port),
-  ] + flags(_FRONTEND_DEFAULTS, config.frontend_args)  # yapf: disable
+  ] + flags(defaults, config.frontend_args)  # yapf: disable
   env = _dynamo_environment(parent, placement)
   env.update(frontend_home(parent, placement))
   return Launch.of('frontend', argv, env)
@@ -207,8 +222,10 @@ def engine_launch(
     config: StackConfig,
     placement: Placement,
     parent: Mapping[str, str],
+    index: int = 0,
+    gpus: tuple[int, ...] = (),
     gpu_defaults: ServerArgs = ()) -> Launch:
-  """dynamo.vllm on the GPU, or dynamo.mocker on the CPU.
+  """Engine ``index``: dynamo.vllm on ``gpus``, or dynamo.mocker on the CPU.
 
   ``gpu_defaults`` are flags the worker's GPU needs (see gpu.py); the
   user's flags of the same name win.
@@ -216,7 +233,7 @@ def engine_launch(
   env = _dynamo_environment(parent, placement)
   # With a system port the worker serves its own model card, so the frontend
   # never has to resolve the served name through the Hugging Face hub.
-  env['DYN_SYSTEM_PORT'] = str(placement.system_port)
+  env['DYN_SYSTEM_PORT'] = str(placement.system_ports[index])
   if config.engine == 'mocker':
     model_dir = (
         placement.mocker_model_dir if config.chat_template else config.model)
@@ -224,22 +241,34 @@ def engine_launch(
         sys.executable, '-m', 'dynamo.mocker',
         '--model-path', model_dir,
         '--model-name', config.served_model_name,
-    ] + flags(_ENGINE_PLANES, config.engine_args_without(*SERVED_NAME_FLAGS))  # yapf: disable
+    ] + flags(_PLANES, config.engine_args_without(*SERVED_NAME_FLAGS))  # yapf: disable
     env.update(config.engine_env)
-    return Launch.of('engine', argv, env)
+    return Launch.of(
+        engine_name(index, len(placement.system_ports)), argv, env)
   argv = [sys.executable, '-m', 'dynamo.vllm', '--model', config.model]
   if config.chat_template:
     argv += ['--custom-jinja-template', placement.chat_template_file]
-  argv += flags(_VLLM_ENGINE_DEFAULTS + gpu_defaults,
-                config.served_name_flag + config.engine_args)
-  env.update(_gpu_environment(parent, config))
-  return Launch.of('engine', argv, env)
+  kv_events = (
+      _kv_events_config(placement.kv_event_ports[index])
+      if config.router_mode == 'kv' else _NO_KV_EVENTS)
+  defaults = _PLANES + (('kv-events-config', kv_events), ) + gpu_defaults
+  if config.tensor_parallel_size > 1:
+    defaults += (('tensor-parallel-size', str(config.tensor_parallel_size)), )
+  argv += flags(defaults, config.served_name_flag + config.engine_args)
+  env.update(_gpu_environment(parent, config, gpus))
+  return Launch.of(engine_name(index, len(placement.system_ports)), argv, env)
+
+
+def engine_name(index: int, count: int) -> str:
+  """'engine' when there is one, 'engine-0', 'engine-1'... when several."""
+  return 'engine' if count == 1 else f'engine-{index}'
 
 
 def native_vllm_launch(
     config: StackConfig,
     placement: Placement,
     parent: Mapping[str, str],
+    gpus: tuple[int, ...] = (),
     gpu_defaults: ServerArgs = ()) -> Launch:
   argv = [
       sys.executable, '-m', 'vllm.entrypoints.openai.api_server',
@@ -249,8 +278,11 @@ def native_vllm_launch(
   ]  # yapf: disable
   if config.chat_template:
     argv += ['--chat-template', placement.chat_template_file]
-  argv += flags(gpu_defaults, config.served_name_flag + config.engine_args)
+  defaults = gpu_defaults
+  if config.tensor_parallel_size > 1:
+    defaults += (('tensor-parallel-size', str(config.tensor_parallel_size)), )
+  argv += flags(defaults, config.served_name_flag + config.engine_args)
   env = _inherited(parent)
   env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
-  env.update(_gpu_environment(parent, config))
+  env.update(_gpu_environment(parent, config, gpus))
   return Launch.of('server', argv, env)

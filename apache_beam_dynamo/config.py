@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 from apache_beam_dynamo.errors import ConfigError
 
 ENGINES = ('vllm', 'mocker')
+ROUTER_MODES = ('round-robin', 'random', 'kv')
 
 # Flags the stack owns: ports, hosts and discovery settings that keep every
 # socket on loopback and every stack in its own namespace. A user value equal
@@ -27,6 +28,7 @@ _FRONTEND_MANAGED = {
     'event-plane': 'zmq',
 }
 _DYNAMO_ENGINE_MANAGED = {
+    'tensor-parallel-size': None,
     'model': None,
     'model-path': None,
     'namespace': None,
@@ -34,7 +36,9 @@ _DYNAMO_ENGINE_MANAGED = {
     'request-plane': 'tcp',
     'event-plane': 'zmq',
 }
-_NATIVE_MANAGED = {'model': None, 'host': None, 'port': None}
+_NATIVE_MANAGED = {
+    'model': None, 'host': None, 'port': None, 'tensor-parallel-size': None
+}
 
 # Flags that carry the served model name, per engine program.
 SERVED_NAME_FLAGS = ('served-model-name', 'model-name')
@@ -158,6 +162,14 @@ class StackConfig:
     adapt_to_gpu: on the worker, give vLLM the flags its GPU needs unless
       set: ``--dtype half`` below compute capability 8.0 (T4), and
       ``--gpu-memory-utilization 0.72 --max-num-seqs 32`` below 20 GiB.
+    gpus: GPU ids the engines use; None means every GPU the worker sees.
+    tensor_parallel_size: GPUs per engine; each group of that many GPUs
+      runs one ``dynamo.vllm`` with ``--tensor-parallel-size``.
+    num_engines: engines to run; None means one per GPU group (one for the
+      mocker).
+    router_mode: how the frontend spreads requests over engines:
+      ``round-robin``, ``random``, or ``kv`` (KV-cache-aware, with KV events
+      from every engine).
   """
   model: str
   use_dynamo: bool = False
@@ -174,6 +186,10 @@ class StackConfig:
   shutdown_grace_s: float = 10.0
   keep_alive_s: float = 2.0
   adapt_to_gpu: bool = True
+  gpus: Optional[tuple[int, ...]] = None
+  tensor_parallel_size: int = 1
+  num_engines: Optional[int] = None
+  router_mode: str = 'round-robin'
 
   def __post_init__(self):
     if not isinstance(self.model, str) or not self.model.strip():
@@ -202,6 +218,7 @@ class StackConfig:
       if not isinstance(key, str) or not key or not isinstance(value, str):
         raise ConfigError(
             f'engine_env must map names to strings, got {key!r}: {value!r}.')
+    self._check_topology()
     if not isinstance(self.adapt_to_gpu, bool):
       raise ConfigError(
           f'adapt_to_gpu must be True or False, got {self.adapt_to_gpu!r}.')
@@ -220,6 +237,47 @@ class StackConfig:
         not isinstance(self.max_restarts, int) or self.max_restarts < 0):
       raise ConfigError(
           f'max_restarts must be an integer >= 0, got {self.max_restarts!r}.')
+
+  def _check_topology(self) -> None:
+    _positive_int('tensor_parallel_size', self.tensor_parallel_size)
+    if self.num_engines is not None:
+      _positive_int('num_engines', self.num_engines)
+    if self.router_mode not in ROUTER_MODES:
+      raise ConfigError(
+          f'router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}.')
+    for flag, value in self.frontend_args:
+      if flag == 'router-mode' and value != self.router_mode:
+        raise ConfigError(
+            f"dynamo_frontend_kwargs sets --router-mode {value}; pass "
+            f"router_mode={value!r} instead (engines need to know it too).")
+    if self.gpus is not None:
+      if (not isinstance(self.gpus, tuple) or not self.gpus or any(
+          isinstance(g, bool) or not isinstance(g, int) or g < 0
+          for g in self.gpus)):
+        raise ConfigError(
+            f'gpus must be a non-empty list of GPU ids (ints >= 0), got '
+            f'{self.gpus!r}.')
+      repeated = sorted({g for g in self.gpus if self.gpus.count(g) > 1})
+      if repeated:
+        raise ConfigError(
+            f'gpus lists GPU {repeated} more than once: engines would '
+            'overlap. List each GPU once.')
+    if self.engine == 'mocker' or not self.use_dynamo:
+      uses_gpu_topology = self.gpus is not None or self.tensor_parallel_size > 1
+      if self.engine == 'mocker' and uses_gpu_topology:
+        raise ConfigError(
+            'gpus and tensor_parallel_size apply to engine="vllm"; the mocker '
+            'runs on the CPU (use num_engines to run several).')
+      if not self.use_dynamo and (self.num_engines or 1) > 1:
+        raise ConfigError(
+            'num_engines > 1 needs use_dynamo=True: vLLM\'s own server runs '
+            'one engine (use tensor_parallel_size to span GPUs).')
+    if self.gpus is not None:
+      from apache_beam_dynamo.gpu import engine_groups
+      try:
+        engine_groups(self.gpus, self.tensor_parallel_size, self.num_engines)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
 
   @property
   def served_model_name(self) -> str:
@@ -251,6 +309,8 @@ class StackConfig:
     raw = json.loads(text)
     for field in ('engine_args', 'frontend_args', 'engine_env'):
       raw[field] = tuple(tuple(pair) for pair in raw[field])
+    if raw['gpus'] is not None:
+      raw['gpus'] = tuple(raw['gpus'])
     return cls(**raw)
 
   def fingerprint(self) -> str:

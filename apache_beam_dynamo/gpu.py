@@ -11,7 +11,7 @@ import dataclasses
 import glob
 import logging
 import subprocess
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from apache_beam_dynamo.config import ServerArgs
 
@@ -38,6 +38,38 @@ def gpu_visible(parent: Mapping[str, str]) -> bool:
   return bool(glob.glob('/dev/nvidia[0-9]*'))
 
 
+def visible_gpu_ids(parent: Mapping[str, str]) -> list[int]:
+  """The GPUs this worker may use: CUDA_VISIBLE_DEVICES if set, else every
+  /dev/nvidiaN."""
+  visible = parent.get('CUDA_VISIBLE_DEVICES')
+  if visible is not None:
+    return [int(part) for part in visible.split(',') if part.strip().isdigit()]
+  return sorted(
+      int(path[len('/dev/nvidia'):]) for path in glob.glob('/dev/nvidia[0-9]*'))
+
+
+def engine_groups(
+    gpu_ids: Sequence[int], tensor_parallel_size: int,
+    num_engines: Optional[int]) -> list[tuple[int, ...]]:
+  """Splits GPUs into one group per engine; ValueError says what's wrong."""
+  if len(gpu_ids) % tensor_parallel_size:
+    raise ValueError(
+        f'tensor_parallel_size={tensor_parallel_size} does not divide the '
+        f'{len(gpu_ids)} GPU(s) {list(gpu_ids)}: every engine needs exactly '
+        f'{tensor_parallel_size}.')
+  groups = [
+      tuple(gpu_ids[i:i + tensor_parallel_size])
+      for i in range(0, len(gpu_ids), tensor_parallel_size)
+  ]
+  if num_engines is not None:
+    if num_engines > len(groups):
+      raise ValueError(
+          f'num_engines={num_engines} needs {num_engines * tensor_parallel_size}'
+          f' GPU(s), but only {len(gpu_ids)} are available {list(gpu_ids)}.')
+    groups = groups[:num_engines]
+  return groups
+
+
 def parse_nvidia_smi(text: str) -> list[GpuInfo]:
   """Parses ``nvidia-smi --query-gpu=name,compute_cap,memory.total
   --format=csv,noheader,nounits``."""
@@ -48,12 +80,11 @@ def parse_nvidia_smi(text: str) -> list[GpuInfo]:
   return gpus
 
 
-def first_gpu(parent: Mapping[str, str]) -> Optional[GpuInfo]:
-  """The first GPU the engine will see, or None if nvidia-smi can't tell."""
-  visible = parent.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip()
+def describe_gpu(gpu_id: int) -> Optional[GpuInfo]:
+  """nvidia-smi's view of one GPU, or None if it can't tell."""
   try:
     result = subprocess.run([
-        'nvidia-smi', f'--id={visible}',
+        'nvidia-smi', f'--id={gpu_id}',
         '--query-gpu=name,compute_cap,memory.total',
         '--format=csv,noheader,nounits'
     ],

@@ -100,6 +100,20 @@ def _read_chat_template(path: str) -> str:
         f'Could not read chat_template_path {path!r} on the worker: {e}') from e
 
 
+def _stack_options(options: Mapping[str, Any]) -> dict[str, Any]:
+  """The StackConfig fields among the handler's options, in config types."""
+  stack_options = {k: v for k, v in options.items() if k in _STACK_OPTIONS}
+  env = stack_options.pop('engine_env', None)
+  if env is not None:
+    if not isinstance(env, Mapping):
+      raise ConfigError('engine_env must be a dict of name to value.')
+    stack_options['engine_env'] = tuple(sorted(env.items()))
+  gpus = stack_options.get('gpus')
+  if isinstance(gpus, (list, range)):
+    stack_options['gpus'] = tuple(gpus)
+  return stack_options
+
+
 class _StackModelHandler(ModelHandler[Any, PredictionResult, SharedStack]):
   """Shared machinery; subclasses say how an element becomes a request."""
   _ROUTE: str
@@ -122,14 +136,7 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, SharedStack]):
           f'Unknown option(s) {", ".join(sorted(unknown))}. Accepted: '
           f'{", ".join(sorted(_STACK_OPTIONS | _REQUEST_OPTIONS | _HANDLER_OPTIONS))}.'
       )
-    stack_options = {k: v for k, v in options.items() if k in _STACK_OPTIONS}
-    if stack_options.get('engine_env') is not None:
-      env = stack_options['engine_env']
-      if not isinstance(env, Mapping):
-        raise ConfigError('engine_env must be a dict of name to value.')
-      stack_options['engine_env'] = tuple(sorted(env.items()))
-    elif 'engine_env' in stack_options:
-      del stack_options['engine_env']
+    stack_options = _stack_options(options)
     if chat_template_path is not None:
       _check_chat_template_path(chat_template_path)
     self._stack_config = StackConfig(

@@ -89,6 +89,21 @@ def model_ready(base_url: str, model: str) -> bool:
     return False
 
 
+def model_workers(base_url: str, model: str) -> int:
+  """How many workers serve ``model`` (0 if unknown or not ready)."""
+  if model.startswith('/'):
+    return 1 if model_listed(base_url, model) else 0
+  path = f'/v1/models/{urllib.parse.quote(model, safe="")}/ready'
+  try:
+    status, body = _request(base_url, 'GET', path)
+    namespaces = json.loads(body).get('namespaces', {}) if status == 200 else {}
+    return sum(
+        kind.get('workers', 0) for ns in namespaces.values()
+        for kind in ns.get('worker_types', {}).values())
+  except (OSError, ValueError, AttributeError):
+    return 0
+
+
 def warm_up(base_url: str, model: str, timeout: float) -> Optional[str]:
   """Sends one 1-token completion; returns None on success, else why not.
 

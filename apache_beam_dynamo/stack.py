@@ -76,6 +76,8 @@ class Stack(abc.ABC):
     self._reaper: Optional[Reaper] = None
     self._components: list[_Component] = []
     self._gpu_defaults: tuple = ()
+    # GPUs of each engine; a CPU engine has none.
+    self._engine_gpus: list[tuple[int, ...]] = [()] * (config.num_engines or 1)
     self.placement: Optional[Placement] = None
 
   # -- the interface ---------------------------------------------------------
@@ -183,6 +185,10 @@ class Stack(abc.ABC):
       affected = self._components
     self._start_components(affected)
 
+  def engines_alive_besides(self, name: str) -> bool:
+    """Whether another engine still serves while ``name`` is replaced."""
+    return False
+
   def stop(self, grace_s: Optional[float] = None) -> None:
     """Stops every component (SIGTERM, grace, SIGKILL) and removes the dir.
 
@@ -252,22 +258,30 @@ class Stack(abc.ABC):
   def _check_machine(self) -> None:
     """Fails fast, before any process starts, when the worker can't run it."""
 
-  def _require_gpu(self, component: str, remedy: str) -> None:
-    """Fails unless a GPU is visible; picks the flags that GPU needs."""
+  def _assign_gpus(self, component: str, remedy: str) -> None:
+    """Splits the worker's GPUs into one group per engine, and picks the
+    flags that GPU model needs; fails if there are none or too few."""
     if not gpu.gpu_visible(self._parent_env):
       raise ComponentFailure(
           component,
           'vLLM needs an NVIDIA GPU and this machine has none visible (no '
           '/dev/nvidiaN, or CUDA_VISIBLE_DEVICES is empty)',
           remedy=remedy)
+    ids = list(self.config.gpus or gpu.visible_gpu_ids(self._parent_env))
+    try:
+      self._engine_gpus = gpu.engine_groups(
+          ids, self.config.tensor_parallel_size, self.config.num_engines)
+    except ValueError as e:
+      raise ComponentFailure(component, str(e), remedy=remedy) from None
     if self.config.adapt_to_gpu:
-      found = gpu.first_gpu(self._parent_env)
+      found = gpu.describe_gpu(self._engine_gpus[0][0])
       self._gpu_defaults = gpu.engine_defaults(found)
       if found is not None:
         _LOGGER.info(
             'GPU %s (compute capability %s, %d MiB): engine defaults %s',
             found.name, found.compute_capability, found.memory_mib,
             self._gpu_defaults or 'none')
+    _LOGGER.info('Engines on GPUs %s.', self._engine_gpus)
 
   @abc.abstractmethod
   def _place(self, run_dir: str) -> Placement:
@@ -289,7 +303,7 @@ class Stack(abc.ABC):
 
 
 class DynamoStack(Stack):
-  """etcd + dynamo.frontend + one Dynamo engine, all on loopback."""
+  """etcd + dynamo.frontend + one or more Dynamo engines, on loopback."""
   MODEL_COMPONENT = 'engine'
   def _check_machine(self) -> None:
     if importlib.util.find_spec('dynamo') is None:
@@ -305,7 +319,7 @@ class DynamoStack(Stack):
             'dynamo.vllm needs vLLM, which is not installed on this worker',
             remedy="Install it: pip install 'apache-beam-dynamo[vllm]'. For a "
             'run without a GPU use engine="mocker".')
-      self._require_gpu(
+      self._assign_gpus(
           'engine',
           remedy='Run on GPU workers (Dataflow: --dataflow_service_options '
           '"worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"'
@@ -324,14 +338,17 @@ class DynamoStack(Stack):
     return endpoints.split(',')[0] if endpoints else None
 
   def _place(self, run_dir: str) -> Placement:
-    http, client, peer, system = ports.pick_ports(4)
+    engines = len(self._engine_gpus)
+    kv_ports = engines if self.config.router_mode == 'kv' else 0
+    http, client, peer, *rest = ports.pick_ports(3 + engines + kv_ports)
     return Placement(
         run_dir=run_dir,
         namespace=f'abd-{uuid.uuid4().hex[:12]}',
         http_port=http,
         etcd_client_port=client,
         etcd_peer_port=peer,
-        system_port=system,
+        system_ports=tuple(rest[:engines]),
+        kv_event_ports=tuple(rest[engines:]),
         external_etcd=self._external_etcd())
 
   def _prepare_files(self) -> None:
@@ -375,19 +392,32 @@ class DynamoStack(Stack):
             lambda: commands.frontend_launch(cfg, self.placement, env),
             lambda: probes.get_ok(self.placement.base_url, '/live'),
             lambda: [self.placement.http_port]))
-    components.append(
-        _Component(
-            'engine',
-            lambda: commands.engine_launch(
-                cfg, self.placement, env, self._gpu_defaults),
-            # '/' is not routed: the 404 proves the worker's event loop
-            # answers, without the ERROR line its status routes log for every
-            # 503 "notready".
-            lambda: probes.answers(self.placement.system_url, '/'),
-            lambda: [self.placement.system_port],
-            registered=lambda: probes.model_ready(
-                self.base_url, self.served_model_name)))
+    for index in range(len(self._engine_gpus)):
+      components.append(self._engine_component(index))
     return components
+
+  def _engine_component(self, index: int) -> _Component:
+    def ports_of_engine():
+      kv = self.placement.kv_event_ports
+      return [self.placement.system_ports[index]] + ([kv[index]] if kv else [])
+
+    return _Component(
+        commands.engine_name(index, len(self._engine_gpus)),
+        lambda: commands.engine_launch(
+            self.config, self.placement, self._parent_env, index,
+            self._engine_gpus[index], self._gpu_defaults),
+        # '/' is not routed: the 404 proves the worker's event loop answers,
+        # without the ERROR line its status routes log for every 503.
+        lambda: probes.answers(self.placement.system_url(index), '/'),
+        ports_of_engine,
+        registered=lambda: probes.model_ready(
+            self.base_url, self.served_model_name))
+
+  def engines_alive_besides(self, name: str) -> bool:
+    """Whether another engine still serves while ``name`` is replaced."""
+    return any(
+        c.name != name and c.name.startswith('engine') and c.process is not
+        None and c.process.alive() for c in self._components)
 
   def _before_launch(self, component: _Component) -> None:
     # A restarted etcd starts empty: registrations of dead processes must not
@@ -396,7 +426,7 @@ class DynamoStack(Stack):
       shutil.rmtree(self.placement.etcd_data_dir, ignore_errors=True)
     # A replaced engine's registration would outlive it by its lease (~10 s)
     # and draw requests that fail: drop it now.
-    elif component.name == 'engine' and self._etcd_up():
+    elif component.name.startswith('engine') and self._etcd_up():
       discovery.revoke_dead(
           self.placement.etcd_endpoints, self.placement.namespace)
 
@@ -422,13 +452,17 @@ class DynamoStack(Stack):
 
   def _readiness_steps(self):
     name = self.served_model_name
+    engine = commands.engine_name(0, len(self._engine_gpus))
     return [
         ('frontend /live', 'frontend',
          lambda: probes.get_ok(self.base_url, '/live')),
-        (f'model {name!r} listed in /v1/models', 'engine',
+        (f'model {name!r} listed in /v1/models', engine,
          lambda: probes.model_listed(self.base_url, name)),
-        (f'/v1/models/{name}/ready', 'engine',
+        (f'/v1/models/{name}/ready', engine,
          lambda: probes.model_ready(self.base_url, name)),
+        (f'{len(self._engine_gpus)} engine(s) registered', engine,
+         lambda: probes.model_workers(self.base_url, name) >= len(
+             self._engine_gpus)),
     ]
 
 
@@ -441,15 +475,14 @@ class NativeVLLMStack(Stack):
           'vllm-server',
           'vLLM is not installed on this worker',
           remedy="Install it: pip install 'apache-beam-dynamo[vllm]'.")
-    self._require_gpu(
+    self._assign_gpus(
         'vllm-server',
         remedy='Run on GPU workers, or use use_dynamo=True, engine="mocker" '
         'for a CPU run.')
 
   def _place(self, run_dir: str) -> Placement:
     http, = ports.pick_ports(1)
-    return Placement(run_dir, namespace='', http_port=http,
-                     etcd_client_port=0, etcd_peer_port=0, system_port=0)
+    return Placement(run_dir, namespace='', http_port=http)
 
   def _define_components(self) -> list[_Component]:
     return [
@@ -457,7 +490,7 @@ class NativeVLLMStack(Stack):
             'vllm-server',
             lambda: commands.native_vllm_launch(
                 self.config, self.placement, self._parent_env,
-                self._gpu_defaults),
+                self._engine_gpus[0], self._gpu_defaults),
             lambda: probes.get_ok(self.base_url, '/health'),
             lambda: [self.placement.http_port])
     ]

@@ -204,8 +204,10 @@ class Supervisor:
           failure.component,
           self._state.restarts + 1,
           failure)
+      # While other engines serve, clients keep going; otherwise they wait.
+      serving = self._stack.engines_alive_besides(failure.component)
       self._publish(
-          phase=protocol.RECOVERING,
+          phase=protocol.READY if serving else protocol.RECOVERING,
           restarts=self._state.restarts + 1,
           error=str(failure))
       self._finish_checks()

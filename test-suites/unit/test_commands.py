@@ -1,5 +1,6 @@
 """Command lines and child environments, built in one place."""
 
+import json
 import os
 import sys
 
@@ -17,7 +18,8 @@ PLACEMENT = Placement(
     http_port=21000,
     etcd_client_port=21001,
     etcd_peer_port=21002,
-    system_port=21003)
+    system_ports=(21003, 21004),
+    kv_event_ports=(21005, 21006))
 PARENT = {
     'PATH': '/usr/bin',
     'HOME': '/home/u',
@@ -48,7 +50,7 @@ def test_etcd_is_loopback_only_and_gets_no_etcd_variables():
 
 
 def test_frontend_command_and_environment():
-  config = StackConfig('org/m', use_dynamo=True,
+  config = StackConfig('org/m', use_dynamo=True, router_mode='random',
                        frontend_args=(('router-mode', 'random'), ))
   launch = commands.frontend_launch(config, PLACEMENT, PARENT)
   argv, env = launch.argv, launch.environ
@@ -209,7 +211,7 @@ def test_t4_gets_half_precision_and_small_gpu_memory_settings():
   assert defaults == (('dtype', 'half'), ('gpu-memory-utilization', '0.72'),
                       ('max-num-seqs', '32'))
   config = StackConfig('m', use_dynamo=True, engine_args=(('max-num-seqs', '8'), ))
-  argv = commands.engine_launch(config, PLACEMENT, PARENT, defaults).argv
+  argv = commands.engine_launch(config, PLACEMENT, PARENT, gpu_defaults=defaults).argv
   assert _flag(argv, '--dtype') == 'half'
   assert _flag(argv, '--max-num-seqs') == '8'  # the user's value wins
   assert argv.count('--max-num-seqs') == 1
@@ -225,5 +227,57 @@ def test_l4_and_h100_keep_vllms_defaults():
 
 def test_native_server_gets_gpu_defaults_too():
   argv = commands.native_vllm_launch(
-      StackConfig('m'), PLACEMENT, PARENT, (('dtype', 'half'), )).argv
+      StackConfig('m'), PLACEMENT, PARENT, gpu_defaults=(('dtype', 'half'), )).argv
   assert _flag(argv, '--dtype') == 'half'
+
+
+def test_each_engine_gets_its_gpus_system_port_and_tensor_parallelism():
+  config = StackConfig(
+      'm', use_dynamo=True, gpus=(0, 1, 2, 3), tensor_parallel_size=2)
+  first = commands.engine_launch(config, PLACEMENT, PARENT, 0, (0, 1))
+  second = commands.engine_launch(config, PLACEMENT, PARENT, 1, (2, 3))
+  assert first.environ['CUDA_VISIBLE_DEVICES'] == '0,1'
+  assert second.environ['CUDA_VISIBLE_DEVICES'] == '2,3'
+  assert first.environ['DYN_SYSTEM_PORT'] == '21003'
+  assert second.environ['DYN_SYSTEM_PORT'] == '21004'
+  assert _flag(second.argv, '--tensor-parallel-size') == '2'
+  assert (first.component, second.component) == ('engine-0', 'engine-1')
+  assert _flag(first.argv, '--kv-events-config') == (
+      '{"enable_kv_cache_events": false}')
+
+
+def test_kv_routing_turns_kv_events_on_with_one_loopback_port_per_engine():
+  config = StackConfig('m', use_dynamo=True, num_engines=2, router_mode='kv')
+  frontend = commands.frontend_launch(config, PLACEMENT, PARENT).argv
+  assert _flag(frontend, '--router-mode') == 'kv'
+  assert '--router-kv-events' in frontend
+  assert '--no-router-kv-events' not in frontend
+  for index, port in enumerate(PLACEMENT.kv_event_ports):
+    argv = commands.engine_launch(config, PLACEMENT, PARENT, index, (index, )).argv
+    events = json.loads(_flag(argv, '--kv-events-config'))
+    assert events['enable_kv_cache_events'] is True
+    assert events['endpoint'] == f'tcp://127.0.0.1:{port}'
+
+
+def test_round_robin_is_the_default_router():
+  frontend = commands.frontend_launch(
+      StackConfig('m', use_dynamo=True), PLACEMENT, PARENT).argv
+  assert _flag(frontend, '--router-mode') == 'round-robin'
+  assert '--no-router-kv-events' in frontend
+
+
+def test_engine_groups():
+  assert gpu.engine_groups([0, 1, 2, 3], 1, None) == [(0, ), (1, ), (2, ), (3, )]
+  assert gpu.engine_groups([0, 1, 2, 3], 2, None) == [(0, 1), (2, 3)]
+  assert gpu.engine_groups([4, 5], 1, 1) == [(4, )]
+  with pytest.raises(ValueError, match='does not divide'):
+    gpu.engine_groups([0, 1, 2], 2, None)
+  with pytest.raises(ValueError, match='only 2 are available'):
+    gpu.engine_groups([0, 1], 1, 3)
+
+
+def test_visible_gpu_ids_follow_cuda_visible_devices(monkeypatch):
+  assert gpu.visible_gpu_ids({'CUDA_VISIBLE_DEVICES': '2,3'}) == [2, 3]
+  monkeypatch.setattr(gpu.glob, 'glob', lambda pattern: [
+      '/dev/nvidia1', '/dev/nvidia0'])
+  assert gpu.visible_gpu_ids({}) == [0, 1]

@@ -84,7 +84,7 @@ def test_managed_flag_with_our_value_is_accepted():
   VLLMCompletionsModelHandler(
       'm', {'discovery-backend': 'etcd'},
       use_dynamo=True,
-      dynamo_frontend_kwargs={'request-plane': 'tcp', 'router-mode': 'random'})
+      dynamo_frontend_kwargs={'request-plane': 'tcp', 'router-mode': 'round-robin'})
 
 
 def test_model_flag_is_managed_for_the_engine():
@@ -177,3 +177,48 @@ def test_batching_arguments_reach_beam():
 
 def test_request_config_defaults_are_valid():
   assert RequestConfig().max_concurrent_requests == 256
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(gpus=[0, 1, 1]), 'more than once'),
+    (dict(gpus=[0, 1, 2], tensor_parallel_size=2), 'does not divide'),
+    (dict(gpus=[0, 1], num_engines=3), 'only 2 are available'),
+    (dict(gpus=[0, 1, 2, 3], tensor_parallel_size=2, num_engines=3),
+     'needs 6 GPU'),
+    (dict(gpus=[]), 'non-empty list'),
+    (dict(gpus=[-1]), 'non-empty list'),
+    (dict(tensor_parallel_size=0), 'positive integer'),
+    (dict(num_engines=0), 'positive integer'),
+    (dict(router_mode='least-loaded'), 'router_mode must be one of'),
+    (dict(dynamo_frontend_kwargs={'router-mode': 'kv'}), 'router_mode='),
+    (dict(vllm_server_kwargs={'tensor-parallel-size': '2'}),
+     'tensor-parallel-size'),
+])
+def test_topology_is_validated_when_built(options, message):
+  with pytest.raises(ConfigError, match=message):
+    VLLMCompletionsModelHandler('m', use_dynamo=True, **options)
+
+
+def test_topologies_that_are_fine():
+  VLLMCompletionsModelHandler('m', use_dynamo=True, gpus=[0, 1])
+  VLLMCompletionsModelHandler(
+      'm', use_dynamo=True, gpus=[2, 3, 4, 5], tensor_parallel_size=2,
+      num_engines=1, router_mode='kv')
+  VLLMCompletionsModelHandler('m', tensor_parallel_size=2)  # native vLLM
+  handler = VLLMCompletionsModelHandler(
+      'm', use_dynamo=True, dynamo_frontend_kwargs={'router-mode': 'random'},
+      router_mode='random')
+  assert handler._stack_config.router_mode == 'random'
+
+
+def test_mocker_takes_num_engines_but_not_gpus(tiny_model):
+  VLLMCompletionsModelHandler(
+      tiny_model, use_dynamo=True, engine='mocker', num_engines=3)
+  with pytest.raises(ConfigError, match='mocker runs on the CPU'):
+    VLLMCompletionsModelHandler(
+        tiny_model, use_dynamo=True, engine='mocker', gpus=[0])
+
+
+def test_several_engines_need_dynamo():
+  with pytest.raises(ConfigError, match='num_engines > 1 needs use_dynamo'):
+    VLLMCompletionsModelHandler('m', num_engines=2)
