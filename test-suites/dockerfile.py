@@ -10,8 +10,8 @@ whose commands are joined with ``&&``.
 import dataclasses
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / 'docker' / 'Dockerfile'

@@ -30,8 +30,8 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / 'examples' / 'vllm_text_completion.py'
@@ -145,10 +145,10 @@ def dataflow_flags(args: argparse.Namespace) -> list[str]:
       '--sdk_location=container',
       f'--machine_type={worker.machine_type}',
       f'--disk_size_gb={worker.disk_size_gb}',
-      '--dataflow_service_options=worker_accelerator='
-      f'type:{worker.accelerator};count:1;{args.nvidia_driver}',
-      '--dataflow_service_options=max_workflow_runtime_walltime_seconds='
-      f'{args.max_runtime_s}',
+      ('--dataflow_service_options=worker_accelerator='
+       f'type:{worker.accelerator};count:1;{args.nvidia_driver}'),
+      ('--dataflow_service_options=max_workflow_runtime_walltime_seconds='
+       f'{args.max_runtime_s}'),
       '--experiments=use_runner_v2',
       # One SDK container per worker: its processes share one stack (and
       # the one GPU) instead of starting one each.
@@ -279,7 +279,7 @@ def write_text(path: str, text: str) -> None:
     f.write(text.encode('utf-8'))
 
 
-def read_lines(path: str) -> Optional[list[str]]:
+def read_lines(path: str) -> list[str] | None:
   """The file's lines, or None if it does not exist."""
   from apache_beam.io.filesystems import FileSystems
   if not FileSystems.exists(path):

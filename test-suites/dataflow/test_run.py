@@ -57,8 +57,8 @@ def test_dataflow_flags_per_gpu(gpu, machine, accelerator, disk):
       '--sdk_location=container',
       f'--machine_type={machine}',
       f'--disk_size_gb={disk}',
-      '--dataflow_service_options=worker_accelerator='
-      f'type:{accelerator};count:1;install-nvidia-driver',
+      ('--dataflow_service_options=worker_accelerator='
+       f'type:{accelerator};count:1;install-nvidia-driver'),
       '--dataflow_service_options=max_workflow_runtime_walltime_seconds=3600',
       '--experiments=use_runner_v2',
       '--experiments=no_use_multiple_sdk_containers',
@@ -96,8 +96,8 @@ def test_command_is_what_the_example_and_beam_understand(gpu):
   cloud = options.view_as(GoogleCloudOptions)
   assert (cloud.project, cloud.region) == ('proj', 'us-central1')
   assert cloud.dataflow_service_options == [
-      f'worker_accelerator=type:{worker.accelerator};count:1;'
-      'install-nvidia-driver',
+      (f'worker_accelerator=type:{worker.accelerator};count:1;'
+       'install-nvidia-driver'),
       'max_workflow_runtime_walltime_seconds=3600',
   ]
   workers = options.view_as(WorkerOptions)

@@ -2,11 +2,11 @@
 
 Runs the pip commands of docker/Dockerfile's RUN (install, check) with its
 build-arg defaults, after carrying out its COPY steps into a directory that
-stands for the image's root. The one change: extras that only a GPU worker
-can use (``ai-dynamo[vllm]``: vLLM, torch, the CUDA wheels) are dropped, so
-``ai-dynamo`` (frontend, runtime) is installed without them. Then the checks
-a worker depends on: the package and ``dynamo.frontend`` import, and the
-etcd the handler picks runs.
+stands for the image's root. The one change that matters: extras only a GPU
+worker can use (``ai-dynamo[vllm]``: vLLM, torch, the CUDA wheels) are
+dropped, so ``ai-dynamo`` (frontend, runtime) is installed without them.
+Then the checks a worker depends on: the package and ``dynamo.frontend``
+import, and the etcd the handler picks runs.
 
 Differences from a real build: this machine's Python (the image has the
 base image's 3.12), no base image packages (a clean venv), no GPU packages,
@@ -116,8 +116,8 @@ def test_image_install_without_gpu_packages(tmp_path):
   run([python, '-c', 'import apache_beam_dynamo, dynamo.frontend'], env, tmp_path)
   # The etcd the handler resolves on a worker (PATH, then the wheel's binary).
   etcd = run([
-      python, '-c', 'from apache_beam_dynamo.commands import resolve_etcd; '
-      'print(resolve_etcd(None))'
+      python, '-c', ('from apache_beam_dynamo.commands import resolve_etcd; '
+                     'print(resolve_etcd(None))')
   ], env, tmp_path).strip()
   assert Path(etcd).is_relative_to(venv), etcd
   assert 'etcd Version:' in run([etcd, '--version'], env, tmp_path, 30)
