@@ -268,6 +268,10 @@ class StackConfig:
         raise ConfigError(
             'gpus and tensor_parallel_size apply to engine="vllm"; the mocker '
             'runs on the CPU (use num_engines to run several).')
+      if not self.use_dynamo and self.router_mode != 'round-robin':
+        raise ConfigError(
+            'router_mode applies to the Dynamo frontend: it needs '
+            'use_dynamo=True.')
       if not self.use_dynamo and (self.num_engines or 1) > 1:
         raise ConfigError(
             'num_engines > 1 needs use_dynamo=True: vLLM\'s own server runs '

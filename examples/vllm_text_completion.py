@@ -124,6 +124,16 @@ def parse_known_args(argv):
       help='vLLM --gpu-memory-utilization. Default: 0.72 on GPUs under 20 '
       "GiB (T4), else vLLM's default.")
   parser.add_argument(
+      '--tensor_parallel_size',
+      type=int,
+      default=1,
+      help='GPUs per engine. Default 1: one engine per GPU of the worker.')
+  parser.add_argument(
+      '--router_mode',
+      choices=('round-robin', 'random', 'kv'),
+      default='round-robin',
+      help='How the Dynamo frontend spreads requests over engines.')
+  parser.add_argument(
       '--engine_arg',
       action='append',
       default=[],
@@ -153,7 +163,9 @@ def build_handler(known_args):
   common = dict(
       vllm_server_kwargs=engine_kwargs(known_args),
       use_dynamo=known_args.use_dynamo,
-      engine=known_args.engine)
+      engine=known_args.engine,
+      tensor_parallel_size=known_args.tensor_parallel_size,
+      router_mode=known_args.router_mode)
   if known_args.chat:
     return VLLMChatModelHandler(
         model, chat_template_path=known_args.chat_template, **common)

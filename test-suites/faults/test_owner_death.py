@@ -4,17 +4,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
-import pytest
 
 from apache_beam_dynamo.config import StackConfig
 from apache_beam_dynamo.shared_stack import registry
 
 from conftest import (
-    FAST_MOCKER, RUN_DIR_GLOB, stack_leftovers, stack_pids, wait_for_no_leftovers)
+    FAST_MOCKER, stack_leftovers, stack_pids, wait_for_no_leftovers)
 
 _HOLD_A_STACK = '''
 import sys, time

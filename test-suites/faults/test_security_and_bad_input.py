@@ -15,10 +15,10 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import OpenAIChatMessage, VLLMCompletionsModelHandler
-from apache_beam_dynamo.errors import ConfigError, StackStartupError
+from apache_beam_dynamo.errors import ConfigError
 from apache_beam_dynamo.ports import PORT_RANGE_ENV
 
-from conftest import RUN_DIR_GLOB, stack_pids, stack_processes
+from conftest import RUN_DIR_GLOB, stack_processes
 
 SECRET = 'zebra-quartz-7781'  # appears in prompts only
 

@@ -219,6 +219,8 @@ def test_mocker_takes_num_engines_but_not_gpus(tiny_model):
         tiny_model, use_dynamo=True, engine='mocker', gpus=[0])
 
 
-def test_several_engines_need_dynamo():
+def test_several_engines_and_routers_need_dynamo():
   with pytest.raises(ConfigError, match='num_engines > 1 needs use_dynamo'):
     VLLMCompletionsModelHandler('m', num_engines=2)
+  with pytest.raises(ConfigError, match='router_mode applies to the Dynamo'):
+    VLLMCompletionsModelHandler('m', router_mode='kv')
