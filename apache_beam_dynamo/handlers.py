@@ -100,6 +100,24 @@ def _read_chat_template(path: str) -> str:
         f'Could not read chat_template_path {path!r} on the worker: {e}') from e
 
 
+# Batches as big as this keep a server's request queue full; Beam's own
+# default starts at one element and grows, which costs throughput.
+DEFAULT_MIN_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH_SIZE = 1024
+
+
+def _batching_with_defaults(batching: dict[str, Any]) -> dict[str, Any]:
+  """Beam's batching arguments; unset sizes get the handler's defaults."""
+  chosen = dict(batching)
+  if chosen.get('max_batch_size') is None:
+    chosen['max_batch_size'] = max(
+        DEFAULT_MAX_BATCH_SIZE, chosen.get('min_batch_size') or 0)
+  if chosen.get('min_batch_size') is None:
+    chosen['min_batch_size'] = min(
+        DEFAULT_MIN_BATCH_SIZE, chosen['max_batch_size'])
+  return chosen
+
+
 def _stack_options(options: Mapping[str, Any]) -> dict[str, Any]:
   """The StackConfig fields among the handler's options, in config types."""
   stack_options = {k: v for k, v in options.items() if k in _STACK_OPTIONS}
@@ -129,7 +147,7 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, SharedStack]):
       engine: str,
       batching: dict[str, Any],
       options: dict[str, Any]):
-    super().__init__(**batching)
+    super().__init__(**_batching_with_defaults(batching))
     unknown = set(options) - _STACK_OPTIONS - _REQUEST_OPTIONS - _HANDLER_OPTIONS
     if unknown:
       raise ConfigError(

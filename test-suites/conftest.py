@@ -51,6 +51,27 @@ def stack_pids(marker: str) -> list[int]:
   ]
 
 
+def requests_served() -> int:
+  """Successful requests the running stack's frontend has served so far
+  (from its /metrics; 0 while there is none)."""
+  import re
+  import urllib.request
+  for line in stack_processes():
+    if 'dynamo.frontend' in line and '--http-port' in line:
+      port = line.split('--http-port')[1].split()[0]
+      try:
+        with urllib.request.urlopen(
+            f'http://127.0.0.1:{port}/metrics', timeout=2) as response:
+          text = response.read().decode()
+      except OSError:
+        return 0
+      return int(sum(
+          float(m.group(1)) for m in re.finditer(
+              r'^dynamo_frontend_requests_total\{[^}]*status="success"[^}]*\} '
+              r'(\S+)', text, re.M)))
+  return 0
+
+
 def stack_leftovers() -> list[str]:
   return stack_processes() + glob.glob(RUN_DIR_GLOB)
 

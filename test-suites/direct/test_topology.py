@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import ProcessWatch, stack_pids
+from conftest import ProcessWatch, requests_served, stack_pids
 
 WORKER_ID = {'max_tokens': 2, 'nvext': {'extra_fields': ['worker_id']}}
 
@@ -66,12 +66,12 @@ def test_killing_one_engine_loses_nothing_while_the_others_serve(
   print(f'seed={seed}')
 
   def kill_one_engine():
-    deadline = time.monotonic() + 60
-    while len(stack_pids('dynamo.mocker')) < 3 and time.monotonic() < deadline:
+    rng = random.Random(seed)
+    threshold = int(len(prompts) * rng.uniform(0.1, 0.7))
+    deadline = time.monotonic() + 120
+    while requests_served() < threshold and time.monotonic() < deadline:
       time.sleep(0.05)
-    time.sleep(4 + random.Random(seed).uniform(0.5, 3))
-    os.kill(random.Random(seed).choice(stack_pids('dynamo.mocker')),
-            signal.SIGKILL)
+    os.kill(rng.choice(stack_pids('dynamo.mocker')), signal.SIGKILL)
 
   killer = threading.Thread(target=kill_one_engine, daemon=True)
   killer.start()

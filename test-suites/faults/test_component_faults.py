@@ -18,7 +18,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import stack_pids
+from conftest import requests_served, stack_pids
 
 PROMPTS = [f'prompt-{i}' for i in range(5000)]
 MARKERS = {
@@ -30,8 +30,9 @@ _RECOVERED = re.compile(r'Recovered from the (\w+) failure in ([\d.]+) s')
 
 
 class Fault(threading.Thread):
-  """Signals the newest process of a component at a random moment after the
-  stack came up; optionally resumes it later (for SIGSTOP)."""
+  """Signals the newest process of a component at a random moment of the
+  run (after 10-70% of the prompts were served); optionally resumes it
+  later (for SIGSTOP)."""
   def __init__(self, marker, signum, seed, resume_after_s=None):
     super().__init__(daemon=True)
     self.marker, self.signum, self.resume_after_s = marker, signum, resume_after_s
@@ -39,11 +40,10 @@ class Fault(threading.Thread):
     self.injected_at = None
 
   def run(self):
+    threshold = int(len(PROMPTS) * self.rng.uniform(0.1, 0.7))
     deadline = time.monotonic() + 120
-    while not stack_pids('dynamo.mocker') and time.monotonic() < deadline:
+    while requests_served() < threshold and time.monotonic() < deadline:
       time.sleep(0.05)
-    # Startup takes ~3 s here; the 5,000 requests take ~15 s after it.
-    time.sleep(4 + self.rng.uniform(0.5, 5.0))
     pids = stack_pids(self.marker)
     if not pids:
       return

@@ -175,6 +175,18 @@ def test_batching_arguments_reach_beam():
       'min_batch_size': 4, 'max_batch_size': 64, 'max_batch_duration_secs': 2}
 
 
+def test_batch_sizes_default_to_a_full_server_queue():
+  assert VLLMCompletionsModelHandler('m').batch_elements_kwargs() == {
+      'min_batch_size': 256, 'max_batch_size': 1024}
+  # A smaller max than the default min lowers the min with it.
+  assert VLLMCompletionsModelHandler(
+      'm', max_batch_size=8).batch_elements_kwargs() == {
+          'min_batch_size': 8, 'max_batch_size': 8}
+  assert VLLMCompletionsModelHandler(
+      'm', min_batch_size=4000).batch_elements_kwargs() == {
+          'min_batch_size': 4000, 'max_batch_size': 4000}
+
+
 def test_request_config_defaults_are_valid():
   assert RequestConfig().max_concurrent_requests == 256
 

@@ -1,0 +1,143 @@
+"""The lean HTTP/1.1 client against real local servers."""
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from apache_beam_dynamo.transport import ConnectionPool, HTTPError
+
+
+class RawServer:
+  """A loopback TCP server answering each request with canned bytes.
+
+  ``replies`` is a list of raw responses; after sending one, the server
+  closes the connection if ``close_after`` says so.
+  """
+  def __init__(self, replies, close_after=False):
+    self.replies = list(replies)
+    self.close_after = close_after
+    self.connections = 0
+    self.requests = 0
+    self.sock = socket.socket()
+    self.sock.bind(('127.0.0.1', 0))
+    self.sock.listen()
+    self.port = self.sock.getsockname()[1]
+    threading.Thread(target=self._serve, daemon=True).start()
+
+  def _serve(self):
+    while True:
+      try:
+        conn, _ = self.sock.accept()
+      except OSError:
+        return
+      self.connections += 1
+      threading.Thread(target=self._handle, args=(conn, ), daemon=True).start()
+
+  def _handle(self, conn):
+    with conn:
+      buffer = b''
+      while True:
+        while b'\r\n\r\n' not in buffer:
+          data = conn.recv(65536)
+          if not data:
+            return
+          buffer += data
+        head, _, rest = buffer.partition(b'\r\n\r\n')
+        length = int([l for l in head.split(b'\r\n')
+                      if l.lower().startswith(b'content-length')][0].split(b':')[1])
+        while len(rest) < length:
+          rest += conn.recv(65536)
+        buffer = rest[length:]
+        self.requests += 1
+        conn.sendall(self.replies.pop(0) if len(self.replies) > 1 else self.replies[0])
+        if self.close_after:
+          return
+
+  def close(self):
+    self.sock.close()
+
+
+def post_many(port, bodies, size=4, timeout_s=5.0):
+  async def go():
+    pool = ConnectionPool('127.0.0.1', port, size)
+    try:
+      return [await pool.post('/v1/completions', b, timeout_s) for b in bodies]
+    finally:
+      pool.close()
+  return asyncio.run(go())
+
+
+def test_content_length_reply_and_connection_reuse():
+  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'])
+  try:
+    assert post_many(server.port, [b'{}'] * 5) == [(200, b'{}')] * 5
+    assert server.connections == 1 and server.requests == 5
+  finally:
+    server.close()
+
+
+def test_chunked_reply():
+  chunked = (b'HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n'
+             b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
+  server = RawServer([chunked])
+  try:
+    assert post_many(server.port, [b'{}'] * 2) == [(400, b'{"a": 1}')] * 2
+    assert server.connections == 1
+  finally:
+    server.close()
+
+
+def test_connection_close_is_honoured():
+  server = RawServer(
+      [b'HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}'],
+      close_after=True)
+  try:
+    assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
+    assert server.connections == 3
+  finally:
+    server.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced():
+  # The server closes after each reply without saying so (like an idle
+  # keep-alive timeout): the next request on that connection gets no byte
+  # back and is sent again on a new connection.
+  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'],
+                     close_after=True)
+  try:
+    assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
+    assert server.requests == 3
+  finally:
+    server.close()
+
+
+def test_refused_connection_is_an_http_error():
+  probe = socket.socket()
+  probe.bind(('127.0.0.1', 0))
+  port = probe.getsockname()[1]
+  probe.close()
+  with pytest.raises(HTTPError, match='cannot connect'):
+    post_many(port, [b'{}'])
+
+
+def test_a_reply_cut_short_is_an_http_error():
+  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"x'],
+                     close_after=True)
+  try:
+    with pytest.raises(HTTPError):
+      post_many(server.port, [b'{}'])
+  finally:
+    server.close()
+
+
+def test_timeout_bounds_the_exchange():
+  silent = socket.socket()
+  silent.bind(('127.0.0.1', 0))
+  silent.listen()  # accepts (kernel backlog) but never answers
+  try:
+    with pytest.raises(asyncio.TimeoutError):
+      post_many(silent.getsockname()[1], [b'{}'], timeout_s=0.3)
+  finally:
+    silent.close()
