@@ -261,6 +261,8 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, SharedStack]):
     return registry.acquire(self._resolved_config, holder=self)
 
   def _body(self, fields: dict[str, Any], extra: dict[str, Any]) -> bytes:
+    extra = dict(extra)
+    extra.update(extra.pop('extra_body', None) or {})  # the openai SDK's way
     payload = {'model': self._stack_config.served_model_name, **fields, **extra}
     return json.dumps(payload).encode()
 

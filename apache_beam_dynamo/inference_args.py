@@ -54,8 +54,10 @@ _VLLM_EXTRAS = {
     'structured_outputs': _DICT,
     'priority': _INT,
 }
-# Dynamo's extension object (routing hints, annotations, ...).
-_DYNAMO_EXTRAS = {'nvext': _DICT}
+# Dynamo's extension object (routing hints, annotations, ...), and the
+# openai SDK's escape hatch, merged into the request body as it is there
+# (apache-beam 2.77 users pass vLLM extras this way).
+_DYNAMO_EXTRAS = {'nvext': _DICT, 'extra_body': _DICT}
 
 COMPLETION_ARGS = {
     **_COMMON,
@@ -133,6 +135,12 @@ def validate(
           f'{type(value).__name__} {value!r}.')
     if key in _POSITIVE and value < 1:
       raise ConfigError(f'inference_args[{key!r}] must be >= 1, got {value}.')
+    if key == 'extra_body':
+      for inner in value:
+        if inner in _SET_BY_HANDLER:
+          raise ConfigError(
+              f"inference_args['extra_body'] may not set {inner!r}: "
+              f'{_SET_BY_HANDLER[inner]}.')
   n = inference_args.get('n') or 1
   best_of = inference_args.get('best_of') or 1
   if use_dynamo and (n > 1 or best_of > 1):

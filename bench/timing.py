@@ -1,4 +1,8 @@
-"""When each result reached the end of the pipeline.
+"""When inputs reached RunInference and results left it, for throughput.
+
+Throughput = output tokens / (last result - first input at RunInference):
+results of one batch leave together, so timing between results would
+leave out the first batch.
 
 A module of its own (not bench.py, which runs as __main__) so Beam pickles
 ``record`` by reference and, in the in-process DirectRunner, every call
@@ -8,13 +12,19 @@ appends to this one list.
 import time
 
 RESULT_TIMES: list[float] = []
+MARKS: dict[str, float] = {}
+
+
+def mark_start(element):
+  """Placed right before RunInference: when the first input arrives there
+  (Beam's job setup is over; batching and inference begin)."""
+  MARKS.setdefault('start', time.monotonic())
+  return element
 
 
 def record(result) -> int:
   RESULT_TIMES.append(time.monotonic())
   return result.inference.usage.completion_tokens
-
-MARKS: dict[str, float] = {}
 
 
 def record_total(tokens: int) -> None:

@@ -1,5 +1,7 @@
 """inference_args are checked when the pipeline is built."""
 
+import json
+
 import apache_beam as beam
 import pytest
 from apache_beam.ml.inference.base import RunInference
@@ -88,3 +90,14 @@ def test_mocker_needs_max_tokens(tiny_model):
   with pytest.raises(ConfigError, match="needs inference_args={'max_tokens'"):
     handler.validate_inference_args(None)
   handler.validate_inference_args({'max_tokens': 3})
+
+
+def test_extra_body_is_accepted_as_the_openai_sdk_does(completions):
+  completions.validate_inference_args(
+      {'max_tokens': 4, 'extra_body': {'ignore_eos': True, 'top_k': 2}})
+  with pytest.raises(ConfigError, match="extra_body'] may not set 'model'"):
+    completions.validate_inference_args({'extra_body': {'model': 'x'}})
+  body = json.loads(completions._body(
+      {'prompt': 'p'}, {'max_tokens': 4, 'extra_body': {'ignore_eos': True}}))
+  assert body == {'model': 'm', 'prompt': 'p', 'max_tokens': 4,
+                  'ignore_eos': True}
