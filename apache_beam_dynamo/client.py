@@ -173,7 +173,7 @@ def send(
     state = stack.wait_ready()
     replies = shared_client().post_all(
         state.base_url + route, [bodies[i] for i in pending],
-        concurrency=config.max_concurrent_requests,
+        concurrency=config.concurrency(state.engines),
         timeout_s=config.request_timeout_s)
     stats.requests += len(pending)
     retry = []

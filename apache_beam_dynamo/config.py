@@ -45,6 +45,9 @@ SERVED_NAME_FLAGS = ('served-model-name', 'model-name')
 
 ServerArgs = tuple[tuple[str, Optional[str]], ...]
 
+# Default requests in flight per engine: vLLM's default max-num-seqs.
+REQUESTS_PER_ENGINE = 256
+
 
 def normalize_server_kwargs(
     kwargs: Optional[Mapping[str, Any]], what: str) -> ServerArgs:
@@ -329,21 +332,23 @@ class RequestConfig:
   """How the shared client talks to the stack.
 
   Attributes:
-    max_concurrent_requests: requests in flight per process; enough to keep
-      the engine's batch full (vLLM's default max-num-seqs is 256).
+    max_concurrent_requests: requests in flight per process; None means 256
+      per engine of the stack, enough to keep each engine's batch full
+      (vLLM's default max-num-seqs is 256).
     request_timeout_s: one request's deadline, generation included.
     max_request_retries: retries of a transient failure (connection refused
       or reset, 429, 5xx, timeout) while the stack reports ready. Waiting for
       a restarting stack does not use them up.
     retry_backoff_s: first retry delay; it doubles up to 30 s.
   """
-  max_concurrent_requests: int = 256
+  max_concurrent_requests: Optional[int] = None
   request_timeout_s: float = 600.0
   max_request_retries: int = 5
   retry_backoff_s: float = 0.5
 
   def __post_init__(self):
-    _positive_int('max_concurrent_requests', self.max_concurrent_requests)
+    if self.max_concurrent_requests is not None:
+      _positive_int('max_concurrent_requests', self.max_concurrent_requests)
     _positive('request_timeout_s', self.request_timeout_s)
     _positive('retry_backoff_s', self.retry_backoff_s)
     if (isinstance(self.max_request_retries, bool) or
@@ -352,3 +357,7 @@ class RequestConfig:
       raise ConfigError(
           'max_request_retries must be an integer >= 0, got '
           f'{self.max_request_retries!r}.')
+
+  def concurrency(self, engines: int) -> int:
+    """Requests in flight for a stack with ``engines`` engines."""
+    return self.max_concurrent_requests or REQUESTS_PER_ENGINE * engines

@@ -35,7 +35,8 @@ class StackState:
 
   ``generation`` counts the times the stack became ready; ``restarts``
   counts restarts after failures; ``last_recovery_s`` is how long the last
-  recovery took, from detecting the failure to ready again.
+  recovery took, from detecting the failure to ready again; ``engines`` is
+  how many engines serve the model.
   """
   phase: str
   base_url: Optional[str] = None
@@ -44,6 +45,7 @@ class StackState:
   restarts: int = 0
   error: Optional[str] = None
   last_recovery_s: Optional[float] = None
+  engines: int = 1
 
 
 def socket_address(fingerprint: str) -> str:

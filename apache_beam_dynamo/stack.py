@@ -90,6 +90,10 @@ class Stack(abc.ABC):
   def served_model_name(self) -> str:
     return self.config.served_model_name
 
+  @property
+  def engine_count(self) -> int:
+    return len(self._engine_gpus)
+
   def start(self) -> None:
     """Checks the machine, claims ports and a private dir, starts everything.
 

@@ -112,6 +112,7 @@ class Supervisor:
           phase=protocol.READY,
           base_url=self._stack.base_url,
           model=self._stack.served_model_name,
+          engines=self._stack.engine_count,
           generation=1)
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)

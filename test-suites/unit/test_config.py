@@ -187,8 +187,10 @@ def test_batch_sizes_default_to_a_full_server_queue():
           'min_batch_size': 4000, 'max_batch_size': 4000}
 
 
-def test_request_config_defaults_are_valid():
-  assert RequestConfig().max_concurrent_requests == 256
+def test_requests_in_flight_default_to_256_per_engine():
+  assert RequestConfig().concurrency(engines=1) == 256
+  assert RequestConfig().concurrency(engines=2) == 512
+  assert RequestConfig(max_concurrent_requests=64).concurrency(engines=2) == 64
 
 
 @pytest.mark.parametrize('options, message', [
