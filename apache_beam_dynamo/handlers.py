@@ -106,6 +106,17 @@ DEFAULT_MIN_BATCH_SIZE = 256
 DEFAULT_MAX_BATCH_SIZE = 1024
 
 
+# Beam's batching arguments, as keyword-only parameters of both handlers.
+_BATCHING_ARGS = ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',
+                  'max_batch_weight', 'element_size_fn', 'batch_length_fn',
+                  'batch_bucket_boundaries')
+
+
+def _batching_args(arguments: Mapping[str, Any]) -> dict[str, Any]:
+  """The batching arguments among a handler constructor's ``locals()``."""
+  return {name: arguments[name] for name in _BATCHING_ARGS}
+
+
 def _batching_with_defaults(batching: dict[str, Any]) -> dict[str, Any]:
   """Beam's batching arguments; unset sizes get the handler's defaults."""
   chosen = dict(batching)
@@ -335,14 +346,7 @@ class VLLMCompletionsModelHandler(_StackModelHandler):
         use_dynamo,
         dynamo_frontend_kwargs,
         engine,
-        dict(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
-            max_batch_duration_secs=max_batch_duration_secs,
-            max_batch_weight=max_batch_weight,
-            element_size_fn=element_size_fn,
-            batch_length_fn=batch_length_fn,
-            batch_bucket_boundaries=batch_bucket_boundaries),
+        _batching_args(locals()),
         options)
 
   def _encode(self, element: Any, extra: dict[str, Any]) -> bytes:
@@ -400,14 +404,7 @@ class VLLMChatModelHandler(_StackModelHandler):
         use_dynamo,
         dynamo_frontend_kwargs,
         engine,
-        dict(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
-            max_batch_duration_secs=max_batch_duration_secs,
-            max_batch_weight=max_batch_weight,
-            element_size_fn=element_size_fn,
-            batch_length_fn=batch_length_fn,
-            batch_bucket_boundaries=batch_bucket_boundaries),
+        _batching_args(locals()),
         options)
 
   def _encode(self, element: Any, extra: dict[str, Any]) -> bytes:

@@ -50,6 +50,12 @@ def port_conflict(failure: ComponentFailure) -> bool:
   return any(marker in text for marker in _ADDRESS_IN_USE)
 
 
+def _require_module(name: str, component: str, what: str, remedy: str) -> None:
+  if importlib.util.find_spec(name) is None:
+    raise ComponentFailure(
+        component, f'{what} is not installed on this worker', remedy=remedy)
+
+
 @dataclasses.dataclass
 class _Component:
   name: str
@@ -310,19 +316,15 @@ class DynamoStack(Stack):
   """etcd + dynamo.frontend + one or more Dynamo engines, on loopback."""
   MODEL_COMPONENT = 'engine'
   def _check_machine(self) -> None:
-    if importlib.util.find_spec('dynamo') is None:
-      raise ComponentFailure(
-          'frontend',
-          'the ai-dynamo package is not installed on this worker',
-          remedy="Install it: pip install 'apache-beam-dynamo[vllm]' on GPU "
-          "workers, or 'ai-dynamo' for engine=\"mocker\".")
+    _require_module(
+        'dynamo', 'frontend', 'the ai-dynamo package',
+        "Install it: pip install 'apache-beam-dynamo[vllm]' on GPU workers, "
+        "or 'ai-dynamo' for engine=\"mocker\".")
     if self.config.engine == 'vllm':
-      if importlib.util.find_spec('vllm') is None:
-        raise ComponentFailure(
-            'engine',
-            'dynamo.vllm needs vLLM, which is not installed on this worker',
-            remedy="Install it: pip install 'apache-beam-dynamo[vllm]'. For a "
-            'run without a GPU use engine="mocker".')
+      _require_module(
+          'vllm', 'engine', 'vLLM (dynamo.vllm needs it)',
+          "Install it: pip install 'apache-beam-dynamo[vllm]'. For a run "
+          'without a GPU use engine="mocker".')
       self._assign_gpus(
           'engine',
           remedy='Run on GPU workers (Dataflow: --dataflow_service_options '
@@ -474,11 +476,8 @@ class NativeVLLMStack(Stack):
   """vLLM's own OpenAI-compatible server (``use_dynamo=False``)."""
   MODEL_COMPONENT = 'vllm-server'
   def _check_machine(self) -> None:
-    if importlib.util.find_spec('vllm') is None:
-      raise ComponentFailure(
-          'vllm-server',
-          'vLLM is not installed on this worker',
-          remedy="Install it: pip install 'apache-beam-dynamo[vllm]'.")
+    _require_module('vllm', 'vllm-server', 'vLLM',
+                    "Install it: pip install 'apache-beam-dynamo[vllm]'.")
     self._assign_gpus(
         'vllm-server',
         remedy='Run on GPU workers, or use use_dynamo=True, engine="mocker" '

@@ -62,7 +62,7 @@ def handler_for(config: str, args, batch: int):
   batching = dict(min_batch_size=batch, max_batch_size=batch)
   if config == 'beam-2.77':
     if args.mocker:
-      import beam277  # swaps dynamo.vllm for the mocker
+      import beam277  # noqa: F401  (swaps dynamo.vllm for the mocker)
     from apache_beam.ml.inference.vllm_inference import (
         VLLMCompletionsModelHandler as Beam277)
     return Beam277(args.model, engine_flags(args), use_dynamo=True, **batching)

@@ -156,6 +156,45 @@ class ProcessWatch:
     self._thread.join()
 
 
+def pipeline_script(model: str, prompts: int, *, workers: int = 0,
+                    max_tokens: int = 2, output: str = '', speedup: str = '0',
+                    **handler_options) -> str:
+  """Source of a standalone pipeline over the mocker: ``prompts`` prompts
+  p0, p1, ... through VLLMCompletionsModelHandler, on the in-process
+  DirectRunner or, with ``workers``, on that many SDK worker processes;
+  writes 'prompt completion_tokens' lines to ``output`` if given."""
+  options = (f"['--direct_running_mode=multi_processing', "
+             f"'--direct_num_workers={workers}']" if workers else '[]')
+  sink = (f"| beam.Map(lambda r: '%s %d' % (r.example, "
+          f"r.inference.usage.completion_tokens)) "
+          f"| beam.io.WriteToText({output!r})" if output else '')
+  return f'''
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam_dynamo import VLLMCompletionsModelHandler
+handler = VLLMCompletionsModelHandler(
+    {model!r}, {{'speedup-ratio': {speedup!r}}}, use_dynamo=True,
+    engine='mocker', **{handler_options!r})
+with beam.Pipeline(options=PipelineOptions({options})) as p:
+  _ = (p | beam.Create([f'p{{i}}' for i in range({prompts})])
+         | beam.Reshuffle()
+         | RunInference(handler, inference_args={{'max_tokens': {max_tokens}}})
+         {sink})
+print('done')
+'''
+
+
+def output_lines(directory, prefix: str) -> list[str]:
+  """Every line of the files ``prefix*`` in ``directory``."""
+  lines = []
+  for name in os.listdir(directory):
+    if name.startswith(prefix):
+      with open(os.path.join(directory, name)) as f:
+        lines += f.read().splitlines()
+  return lines
+
+
 def run_python(code: str, timeout_s: float = 120, env=None):
   """Runs ``code`` in a fresh interpreter; returns the CompletedProcess."""
   return subprocess.run([sys.executable, '-c', code],

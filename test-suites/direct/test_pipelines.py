@@ -1,8 +1,5 @@
 """Real DirectRunner pipelines through the handlers, on the mocker engine."""
 
-import os
-import subprocess
-import sys
 
 import apache_beam as beam
 import pytest
@@ -12,7 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import OpenAIChatMessage, raise_failed_element
 
-from conftest import ProcessWatch, stack_leftovers
+from conftest import (
+    ProcessWatch, pipeline_script, run_python, stack_leftovers)
 
 # Renders as "[role] content\n" per message then "[assistant] ": with the tiny
 # model's byte-level tokenizer every byte is one token, so the prompt token
@@ -236,56 +234,7 @@ def test_return_mode_works_inside_keyed_model_handler(completions_handler,
 
 def test_nothing_is_left_the_moment_a_pipeline_script_exits(tiny_model):
   assert not stack_leftovers()
-  code = f'''
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam_dynamo import VLLMCompletionsModelHandler
-handler = VLLMCompletionsModelHandler(
-    {tiny_model!r}, {{'speedup-ratio': '0'}}, use_dynamo=True, engine='mocker')
-with beam.Pipeline() as p:
-  _ = (p | beam.Create(['a', 'b'])
-       | RunInference(handler, inference_args={{'max_tokens': 2}}))
-print('done')
-'''
-  finished = subprocess.run([sys.executable, '-c', code],
-                            capture_output=True,
-                            text=True,
-                            timeout=120)
+  finished = run_python(pipeline_script(tiny_model, prompts=2))
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert 'done' in finished.stdout
   assert not stack_leftovers()  # no grace period: checked right after exit
-
-
-def test_multi_process_direct_runner_shares_one_stack(tiny_model, tmp_path,
-                                                      no_leftovers):
-  out = tmp_path / 'out'
-  code = f'''
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam_dynamo import VLLMCompletionsModelHandler
-handler = VLLMCompletionsModelHandler(
-    {tiny_model!r}, {{'speedup-ratio': '0'}}, use_dynamo=True, engine='mocker',
-    max_batch_size=10)
-options = PipelineOptions(['--direct_running_mode=multi_processing',
-                           '--direct_num_workers=2'])
-with beam.Pipeline(options=options) as p:
-  _ = (p | beam.Create([f'p{{i}}' for i in range(200)])
-         | beam.Reshuffle()
-         | RunInference(handler, inference_args={{'max_tokens': 3}})
-         | beam.Map(lambda r: '%s %d' % (r.example, r.inference.usage.completion_tokens))
-         | beam.io.WriteToText({str(out)!r}))
-'''
-  with ProcessWatch('dynamo.frontend') as frontends:
-    finished = subprocess.run([sys.executable, '-c', code],
-                              capture_output=True,
-                              text=True,
-                              timeout=300)
-  assert finished.returncode == 0, finished.stderr[-3000:]
-  assert frontends.most == 1
-  lines = []
-  for name in os.listdir(tmp_path):
-    if name.startswith('out'):
-      lines += (tmp_path / name).read_text().split()
-  assert sorted(lines[0::2]) == sorted(f'p{i}' for i in range(200))
-  assert set(lines[1::2]) == {'3'}

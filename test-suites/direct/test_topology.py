@@ -4,8 +4,6 @@ processes (CPU lane: mocker engines)."""
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +11,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import ProcessWatch, requests_served, stack_pids
+from conftest import (
+    ProcessWatch, output_lines, pipeline_script, requests_served, run_python,
+    stack_pids)
 
 WORKER_ID = {'max_tokens': 2, 'nvext': {'extra_fields': ['worker_id']}}
 
@@ -91,24 +91,9 @@ def test_killing_one_engine_loses_nothing_while_the_others_serve(
 
 
 def test_four_sdk_processes_share_one_stack(tiny_model, tmp_path, no_leftovers):
-  out = tmp_path / 'out'
-  code = f'''
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam_dynamo import VLLMCompletionsModelHandler
-handler = VLLMCompletionsModelHandler(
-    {tiny_model!r}, {{'speedup-ratio': '0'}}, use_dynamo=True, engine='mocker',
-    num_engines=2, max_batch_size=10)
-options = PipelineOptions(['--direct_running_mode=multi_processing',
-                           '--direct_num_workers=4'])
-with beam.Pipeline(options=options) as p:
-  _ = (p | beam.Create([f'p{{i}}' for i in range(400)])
-         | beam.Reshuffle()
-         | RunInference(handler, inference_args={{'max_tokens': 3}})
-         | beam.Map(lambda r: r.example)
-         | beam.io.WriteToText({str(out)!r}))
-'''
+  code = pipeline_script(
+      tiny_model, prompts=400, workers=4, max_tokens=3,
+      output=str(tmp_path / 'out'), num_engines=2, max_batch_size=10)
   # (Workers that start at once may each launch a supervisor; all but the
   # first to bind the socket exit before starting anything.)
   watches = [ProcessWatch(marker) for marker in (
@@ -116,16 +101,11 @@ with beam.Pipeline(options=options) as p:
   for watch in watches:
     watch.__enter__()
   try:
-    finished = subprocess.run([sys.executable, '-c', code],
-                              capture_output=True,
-                              text=True,
-                              timeout=300)
+    finished = run_python(code, timeout_s=300)
   finally:
     for watch in watches:
       watch.__exit__(None, None, None)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert [w.most for w in watches] == [1, 1, 2]  # etcd, frontend, engines
-  lines = []
-  for name in os.listdir(tmp_path):
-    lines += (tmp_path / name).read_text().split()
-  assert sorted(lines) == sorted(f'p{i}' for i in range(400))
+  lines = output_lines(tmp_path, 'out')
+  assert sorted(lines) == sorted(f'p{i} 3' for i in range(400))

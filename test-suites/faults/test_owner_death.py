@@ -12,7 +12,8 @@ from apache_beam_dynamo.config import StackConfig
 from apache_beam_dynamo.shared_stack import registry
 
 from conftest import (
-    FAST_MOCKER, stack_leftovers, stack_pids, wait_for_no_leftovers)
+    FAST_MOCKER, pipeline_script, stack_leftovers, stack_pids,
+    wait_for_no_leftovers)
 
 _HOLD_A_STACK = '''
 import sys, time
@@ -75,21 +76,9 @@ def test_sigkill_of_the_supervisor(tiny_model, no_leftovers):
   holder.wait()
 
 
-def test_sigkill_of_a_direct_runner_worker(tiny_model, tmp_path, no_leftovers):
-  code = f'''
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam_dynamo import VLLMCompletionsModelHandler
-handler = VLLMCompletionsModelHandler(
-    {tiny_model!r}, {{'speedup-ratio': '1'}}, use_dynamo=True, engine='mocker',
-    keep_alive_s=0)
-options = PipelineOptions(['--direct_running_mode=multi_processing',
-                           '--direct_num_workers=1'])
-with beam.Pipeline(options=options) as p:
-  _ = (p | beam.Create([f'p{{i}}' for i in range(100000)])
-         | RunInference(handler, inference_args={{'max_tokens': 64}}))
-'''
+def test_sigkill_of_a_direct_runner_worker(tiny_model, no_leftovers):
+  code = pipeline_script(tiny_model, prompts=100000, workers=1, max_tokens=64,
+                         speedup='1', keep_alive_s=0)
   runner = subprocess.Popen([sys.executable, '-c', code],
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,

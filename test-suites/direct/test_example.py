@@ -1,0 +1,85 @@
+"""The example CLI, as the README runs it, on the mocker engine."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+EXAMPLE = os.path.join(REPO, 'examples', 'vllm_text_completion.py')
+INPUT_LINES = [
+    'Hello there',
+    '',
+    '{"prompt": "json prompt"}',
+    '{"messages": [{"role": "user", "content": "hi"}]}',
+    '{"bad json',
+    '{"neither": 1}',
+    'last line',
+]
+
+
+def run_example(*args):
+  return subprocess.run([sys.executable, EXAMPLE, *args],
+                        capture_output=True,
+                        text=True,
+                        timeout=180,
+                        cwd=REPO)
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture
+def input_file(tmp_path):
+  path = tmp_path / 'prompts.txt'
+  path.write_text('\n'.join(INPUT_LINES) + '\n')
+  return str(path)
+
+
+@pytest.mark.parametrize('chat, good, bad', [
+    (False, ['Hello there', 'json prompt', 'last line'], 3),
+    (True, ['Hello there', 'json prompt', 'hi', 'last line'], 2),
+])
+def test_results_and_dead_letters(input_file, tmp_path, chat, good, bad,
+                                  no_leftovers):
+  output = str(tmp_path / 'out' / 'results.jsonl')
+  finished = run_example(
+      '--use_dynamo', '--engine', 'mocker', '--input', input_file, '--output',
+      output, '--max_tokens', '5', *(['--chat'] if chat else []))
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  results = read_jsonl(output)
+  inputs = [r['input'] if isinstance(r['input'], str) else r['input'][-1]['content']
+            for r in results]
+  assert sorted(inputs) == sorted(good)
+  for record in results:
+    assert record['completion_tokens'] == 5
+    assert record['finish_reason'] == 'length'
+    assert record['prompt_tokens'] > 0
+    assert record['model'] == 'tiny_model'
+  dead = read_jsonl(output + '.dead_letter')
+  assert len(dead) == bad
+  assert all(d['stage'] == 'input' and d['error'] for d in dead)
+  assert f'{len(good)} results, {bad} failed' in finished.stdout
+  assert f'Results: {output}' in finished.stdout
+
+
+def test_help_documents_every_flag():
+  finished = run_example('--help')
+  assert finished.returncode == 0
+  for flag in ('--model', '--input', '--output', '--chat', '--chat_template',
+               '--use_dynamo', '--engine', '--max_tokens', '--temperature',
+               '--vllm_max_num_seqs', '--vllm_gpu_memory_utilization',
+               '--tensor_parallel_size', '--router_mode', '--engine_arg'):
+    assert flag in finished.stdout
+  assert 'DataflowRunner' in finished.stdout
+
+
+def test_mocker_without_dynamo_is_a_clear_error(tmp_path):
+  finished = run_example('--engine', 'mocker', '--output',
+                         str(tmp_path / 'o.jsonl'))
+  assert finished.returncode != 0
+  assert 'needs use_dynamo=True' in finished.stderr
