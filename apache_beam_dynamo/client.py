@@ -173,7 +173,7 @@ def send(
     state = stack.wait_ready()
     replies = shared_client().post_all(
         state.base_url + route, [bodies[i] for i in pending],
-        concurrency=config.concurrency(state.engines),
+        concurrency=config.concurrency(state.engines, state.max_num_seqs),
         timeout_s=config.request_timeout_s)
     stats.requests += len(pending)
     retry = []

@@ -100,10 +100,11 @@ def _read_chat_template(path: str) -> str:
         f'Could not read chat_template_path {path!r} on the worker: {e}') from e
 
 
-# Batches as big as this keep a server's request queue full; Beam's own
-# default starts at one element and grows, which costs throughput.
-DEFAULT_MIN_BATCH_SIZE = 256
-DEFAULT_MAX_BATCH_SIZE = 1024
+# Batches several times the requests in flight keep a server's queue full
+# between batches (bench/LOG.md); Beam's own default starts at one element
+# and grows, which costs throughput.
+DEFAULT_MIN_BATCH_SIZE = 512
+DEFAULT_MAX_BATCH_SIZE = 2048
 
 
 # Beam's batching arguments, as keyword-only parameters of both handlers.

@@ -36,7 +36,8 @@ class StackState:
   ``generation`` counts the times the stack became ready; ``restarts``
   counts restarts after failures; ``last_recovery_s`` is how long the last
   recovery took, from detecting the failure to ready again; ``engines`` is
-  how many engines serve the model.
+  how many engines serve the model, ``max_num_seqs`` each one's
+  ``--max-num-seqs`` when a flag sets it (None: the engine's default).
   """
   phase: str
   base_url: Optional[str] = None
@@ -46,6 +47,7 @@ class StackState:
   error: Optional[str] = None
   last_recovery_s: Optional[float] = None
   engines: int = 1
+  max_num_seqs: Optional[int] = None
 
 
 def socket_address(fingerprint: str) -> str:

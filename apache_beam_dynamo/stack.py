@@ -100,6 +100,13 @@ class Stack(abc.ABC):
   def engine_count(self) -> int:
     return len(self._engine_gpus)
 
+  @property
+  def max_num_seqs(self) -> Optional[int]:
+    """Each engine's --max-num-seqs when a flag sets it, else None."""
+    flags = dict(self._gpu_defaults + self.config.engine_args)
+    value = flags.get('max-num-seqs')
+    return int(value) if value and value.isdigit() else None
+
   def start(self) -> None:
     """Checks the machine, claims ports and a private dir, starts everything.
 

@@ -113,6 +113,7 @@ class Supervisor:
           base_url=self._stack.base_url,
           model=self._stack.served_model_name,
           engines=self._stack.engine_count,
+          max_num_seqs=self._stack.max_num_seqs,
           generation=1)
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)

@@ -69,7 +69,8 @@ def handler_for(config: str, args, batch: int):
   from apache_beam_dynamo import VLLMCompletionsModelHandler
   options = dict(keep_alive_s=600, startup_timeout_s=900)
   if config == 'ours':
-    options.update(use_dynamo=True, num_engines=args.engines)
+    options.update(use_dynamo=True, num_engines=args.engines,
+                   max_concurrent_requests=args.max_concurrent_requests)
   if args.mocker:
     options.update(use_dynamo=True, engine='mocker')
   return VLLMCompletionsModelHandler(
@@ -198,6 +199,8 @@ def main(argv=None) -> None:
   parser.add_argument('--batch_sizes', default='256,1024,3072')
   parser.add_argument('--concurrency', type=int, default=256)
   parser.add_argument('--engines', type=int, default=None)
+  parser.add_argument('--max_concurrent_requests', type=int, default=None,
+                      help="ours: requests in flight (default: the handler's)")
   parser.add_argument('--gpu_memory_utilization', type=float, default=0.5)
   parser.add_argument('--mocker', action='store_true',
                       help='dry run on the CPU mocker')
@@ -212,7 +215,9 @@ def main(argv=None) -> None:
 
   report = {'model': args.model, 'prompts': args.prompts,
             'prompt_tokens': args.prompt_tokens, 'max_tokens': args.max_tokens,
-            'engines': args.engines, 'configs': {}}
+            'engines': args.engines, 'ceiling_concurrency': args.concurrency,
+            'max_concurrent_requests': args.max_concurrent_requests,
+            'configs': {}}
   forwarded = [
       '--model', args.model, '--prompts', str(args.prompts),
       '--prompt_tokens', str(args.prompt_tokens),
@@ -222,6 +227,8 @@ def main(argv=None) -> None:
       '--gpu_memory_utilization', str(args.gpu_memory_utilization),
       '--json', args.json,
   ] + (['--engines', str(args.engines)] if args.engines else []) + (
+      ['--max_concurrent_requests', str(args.max_concurrent_requests)]
+      if args.max_concurrent_requests else []) + (
       ['--mocker'] if args.mocker else [])
   for config in args.configs.split(','):
     started = time.monotonic()

@@ -9,6 +9,7 @@ A module of its own (not bench.py, which runs as __main__) so Beam pickles
 appends to this one list.
 """
 
+import os
 import time
 
 RESULT_TIMES: list[float] = []
@@ -18,8 +19,15 @@ MARKS: dict[str, float] = {}
 def mark_start(element):
   """Placed right before RunInference: when the first input arrives there
   (Beam's job setup is over; batching and inference begin)."""
-  MARKS.setdefault('start', time.monotonic())
+  if 'start' not in MARKS:
+    MARKS['cpu_at_start'] = process_cpu_s()
+    MARKS['start'] = time.monotonic()
   return element
+
+
+def process_cpu_s() -> float:
+  """User + system CPU seconds of this process so far (all threads)."""
+  return sum(os.times()[:2])
 
 
 def record(result) -> int:

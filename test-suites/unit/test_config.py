@@ -5,9 +5,11 @@ import json
 import pytest
 
 from apache_beam_dynamo import VLLMChatModelHandler, VLLMCompletionsModelHandler
+from apache_beam_dynamo import gpu
 from apache_beam_dynamo.config import (
     RequestConfig, StackConfig, normalize_server_kwargs)
 from apache_beam_dynamo.errors import ConfigError
+from apache_beam_dynamo.stack import DynamoStack
 
 
 def test_server_kwargs_are_normalized_to_dashed_flags():
@@ -177,7 +179,7 @@ def test_batching_arguments_reach_beam():
 
 def test_batch_sizes_default_to_a_full_server_queue():
   assert VLLMCompletionsModelHandler('m').batch_elements_kwargs() == {
-      'min_batch_size': 256, 'max_batch_size': 1024}
+      'min_batch_size': 512, 'max_batch_size': 2048}
   # A smaller max than the default min lowers the min with it.
   assert VLLMCompletionsModelHandler(
       'm', max_batch_size=8).batch_elements_kwargs() == {
@@ -187,10 +189,32 @@ def test_batch_sizes_default_to_a_full_server_queue():
           'min_batch_size': 4000, 'max_batch_size': 4000}
 
 
-def test_requests_in_flight_default_to_256_per_engine():
-  assert RequestConfig().concurrency(engines=1) == 256
-  assert RequestConfig().concurrency(engines=2) == 512
+def test_requests_in_flight_default_to_512_per_engine():
+  assert RequestConfig().concurrency(engines=1) == 512
+  assert RequestConfig().concurrency(engines=2) == 1024
   assert RequestConfig(max_concurrent_requests=64).concurrency(engines=2) == 64
+
+
+def test_requests_in_flight_follow_a_small_max_num_seqs():
+  # A T4's engine runs 32 sequences: 4 x 32 queued, not 512 that time out.
+  assert RequestConfig().concurrency(engines=1, max_num_seqs=32) == 128
+  assert RequestConfig().concurrency(engines=2, max_num_seqs=32) == 256
+  assert RequestConfig().concurrency(engines=1, max_num_seqs=1024) == 512
+  assert RequestConfig(max_concurrent_requests=8).concurrency(
+      engines=1, max_num_seqs=32) == 8
+
+
+def test_stack_reports_the_max_num_seqs_its_engines_get():
+  def stack(engine_args=(), gpu_defaults=()):
+    built = DynamoStack(StackConfig('m', use_dynamo=True, engine_args=engine_args),
+                        on_line=lambda *_: None, parent_env={})
+    built._gpu_defaults = gpu_defaults  # what _assign_gpus finds on a worker
+    return built
+
+  t4 = gpu.engine_defaults(gpu.GpuInfo('Tesla T4', 7.5, 15360))
+  assert stack().max_num_seqs is None
+  assert stack(gpu_defaults=t4).max_num_seqs == 32
+  assert stack((('max-num-seqs', '64'), ), gpu_defaults=t4).max_num_seqs == 64
 
 
 @pytest.mark.parametrize('options, message', [
