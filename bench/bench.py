@@ -122,26 +122,13 @@ def run_pipeline(args) -> dict:
        | beam.Map(timing.record_total))
   started = time.monotonic()
   pipeline.run().wait_until_finish()
-  left_behind = _reap_leftovers() if args.config == 'beam-2.77' else 0
+  left_behind = timing.reap_children() if args.config == 'beam-2.77' else 0
   return {
       'processes_left_behind': left_behind,
       'ready_s': timing.RESULT_TIMES[0] - started,
       'load_model_to_first_s': timing.RESULT_TIMES[0] - timing.MARKS['load_model'],
       'tokens': timing.MARKS['tokens'],
   }
-
-
-def _reap_leftovers() -> int:
-  """apache-beam 2.77 leaves its etcd, frontend and engine running after the
-  pipeline (NOTES.md); kill them so they don't skew the next run. Returns
-  how many there were."""
-  import psutil
-  left = [p for p in psutil.Process().children(recursive=True)
-          if p.status() != psutil.STATUS_ZOMBIE]
-  for process in left:
-    process.kill()
-  psutil.wait_procs(left, timeout=10)
-  return len(left)
 
 
 def run_one(args) -> None:

@@ -162,20 +162,8 @@ def run_one(args) -> None:
                  for b in args.batch_sizes],
     }
   if args.config == 'beam-2.77':
-    numbers['processes_left_behind'] = reap_children()
+    numbers['processes_left_behind'] = timing.reap_children()
   print('RESULT ' + json.dumps(numbers), flush=True)
-
-
-def reap_children() -> int:
-  """apache-beam 2.77 leaves its servers running (and holding GPU memory)
-  after the pipeline; count and kill them."""
-  import psutil
-  left = [p for p in psutil.Process().children(recursive=True)
-          if p.status() != psutil.STATUS_ZOMBIE]
-  for process in left:
-    process.kill()
-  psutil.wait_procs(left, timeout=30)
-  return len(left)
 
 
 def gpu_memory_in_use() -> str:

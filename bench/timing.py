@@ -1,4 +1,5 @@
-"""When inputs reached RunInference and results left it, for throughput.
+"""What the benchmarks share: when inputs reached RunInference and results
+left it (for throughput), CPU time, and cleaning up after apache-beam 2.77.
 
 Throughput = output tokens / (last result - first input at RunInference):
 results of one batch leave together, so timing between results would
@@ -48,3 +49,16 @@ def mark_load_model(handler_class) -> None:
     return original(self)
 
   handler_class.load_model = load_model
+
+
+def reap_children() -> int:
+  """apache-beam 2.77 leaves its etcd, frontend and engine running (and, on
+  a GPU, holding its memory) after the pipeline (NOTES.md): kill them so
+  they don't skew the next run. Returns how many there were."""
+  import psutil
+  left = [p for p in psutil.Process().children(recursive=True)
+          if p.status() != psutil.STATUS_ZOMBIE]
+  for process in left:
+    process.kill()
+  psutil.wait_procs(left, timeout=30)
+  return len(left)
