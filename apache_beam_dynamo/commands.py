@@ -86,11 +86,16 @@ class Placement:
     return os.path.join(self.run_dir, 'model')
 
 
-def flags(defaults: ServerArgs, user: ServerArgs) -> list[str]:
-  """``--flag value`` pairs; a user flag replaces the default of that name."""
+def with_defaults(defaults: ServerArgs, user: ServerArgs) -> ServerArgs:
+  """The flags a program gets: a user flag replaces the default of that name."""
   user_flags = {flag for flag, _ in user}
+  return tuple(p for p in defaults if p[0] not in user_flags) + user
+
+
+def flags(defaults: ServerArgs, user: ServerArgs) -> list[str]:
+  """``--flag value`` pairs of ``with_defaults(defaults, user)``."""
   argv: list[str] = []
-  for flag, value in tuple(p for p in defaults if p[0] not in user_flags) + user:
+  for flag, value in with_defaults(defaults, user):
     argv.append(f'--{flag}')
     if value is not None:
       argv.append(value)

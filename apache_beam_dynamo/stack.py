@@ -103,8 +103,8 @@ class Stack(abc.ABC):
   @property
   def max_num_seqs(self) -> Optional[int]:
     """Each engine's --max-num-seqs when a flag sets it, else None."""
-    flags = dict(self._gpu_defaults + self.config.engine_args)
-    value = flags.get('max-num-seqs')
+    value = dict(commands.with_defaults(
+        self._gpu_defaults, self.config.engine_args)).get('max-num-seqs')
     return int(value) if value and value.isdigit() else None
 
   def start(self) -> None:

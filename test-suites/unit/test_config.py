@@ -163,7 +163,7 @@ def test_config_round_trips_through_json_and_fingerprints_by_content():
   assert json.loads(config.to_json())['chat_template'] == '{{ messages }}'
 
 
-def test_handlers_keep_apache_beams_positional_order(tiny_model):
+def test_handlers_keep_apache_beams_positional_order():
   chat = VLLMChatModelHandler('m', None, {'max-num-seqs': '8'})
   assert chat._stack_config.engine_args == (('max-num-seqs', '8'), )
   completions = VLLMCompletionsModelHandler('m', {'max-num-seqs': '8'})

@@ -59,6 +59,20 @@ class RawServer:
     self.sock.close()
 
 
+@pytest.fixture
+def raw_server():
+  """Starts RawServers for a test; closes them after it."""
+  servers = []
+
+  def start(replies, close_after=False):
+    servers.append(RawServer(replies, close_after))
+    return servers[-1]
+
+  yield start
+  for server in servers:
+    server.close()
+
+
 def post_many(port, bodies, size=4, timeout_s=5.0):
   async def go():
     pool = ConnectionPool('127.0.0.1', port, size)
@@ -69,48 +83,36 @@ def post_many(port, bodies, size=4, timeout_s=5.0):
   return asyncio.run(go())
 
 
-def test_content_length_reply_and_connection_reuse():
-  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'])
-  try:
-    assert post_many(server.port, [b'{}'] * 5) == [(200, b'{}')] * 5
-    assert server.connections == 1 and server.requests == 5
-  finally:
-    server.close()
+def test_content_length_reply_and_connection_reuse(raw_server):
+  server = raw_server([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'])
+  assert post_many(server.port, [b'{}'] * 5) == [(200, b'{}')] * 5
+  assert server.connections == 1 and server.requests == 5
 
 
-def test_chunked_reply():
+def test_chunked_reply(raw_server):
   chunked = (b'HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n'
              b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
-  server = RawServer([chunked])
-  try:
-    assert post_many(server.port, [b'{}'] * 2) == [(400, b'{"a": 1}')] * 2
-    assert server.connections == 1
-  finally:
-    server.close()
+  server = raw_server([chunked])
+  assert post_many(server.port, [b'{}'] * 2) == [(400, b'{"a": 1}')] * 2
+  assert server.connections == 1
 
 
-def test_connection_close_is_honoured():
-  server = RawServer(
+def test_connection_close_is_honoured(raw_server):
+  server = raw_server(
       [b'HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}'],
       close_after=True)
-  try:
-    assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
-    assert server.connections == 3
-  finally:
-    server.close()
+  assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
+  assert server.connections == 3
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced():
+def test_a_connection_the_server_closed_while_idle_is_replaced(raw_server):
   # The server closes after each reply without saying so (like an idle
   # keep-alive timeout): the next request on that connection gets no byte
   # back and is sent again on a new connection.
-  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'],
+  server = raw_server([b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}'],
                      close_after=True)
-  try:
-    assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
-    assert server.requests == 3
-  finally:
-    server.close()
+  assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
+  assert server.requests == 3
 
 
 def test_refused_connection_is_an_http_error():
@@ -122,14 +124,11 @@ def test_refused_connection_is_an_http_error():
     post_many(port, [b'{}'])
 
 
-def test_a_reply_cut_short_is_an_http_error():
-  server = RawServer([b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"x'],
+def test_a_reply_cut_short_is_an_http_error(raw_server):
+  server = raw_server([b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"x'],
                      close_after=True)
-  try:
-    with pytest.raises(HTTPError):
-      post_many(server.port, [b'{}'])
-  finally:
-    server.close()
+  with pytest.raises(HTTPError):
+    post_many(server.port, [b'{}'])
 
 
 def test_timeout_bounds_the_exchange():
