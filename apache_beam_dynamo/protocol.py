@@ -1,9 +1,11 @@
 """What a stack's supervisor and its users say to each other.
 
-One supervisor per (user id, stack config) and machine listens on a Linux
-abstract Unix socket named after the config's fingerprint, so that every SDK
-process with the same handler config finds the same stack and none leaves a
-socket file behind. A connection is a lease: the stack lives while one is
+One supervisor per (user id, sharing scope, stack config) and machine
+listens on a Linux abstract Unix socket named after the config's
+fingerprint, so that every SDK process with the same handler config finds
+the same stack and none leaves a socket file behind. Processes whose
+``APACHE_BEAM_DYNAMO_SCOPE`` differ never share a stack (independent jobs on
+one host, or test runs side by side). A connection is a lease: the stack lives while one is
 open. Messages are JSON objects, one per line.
 
 supervisor -> user: ``{"type": "state", ...StackState}``,
@@ -17,7 +19,12 @@ import dataclasses
 import json
 import os
 import socket
-from typing import Optional
+from typing import Mapping, Optional
+
+from apache_beam_dynamo.errors import DynamoHandlerError
+
+SCOPE_ENV = 'APACHE_BEAM_DYNAMO_SCOPE'
+_MAX_SCOPE_CHARS = 48
 
 # Exit code of a supervisor that found another one already serving its config.
 EXIT_ALREADY_RUNNING = 3
@@ -38,6 +45,10 @@ class StackState:
   recovery took, from detecting the failure to ready again; ``engines`` is
   how many engines serve the model, ``max_num_seqs`` each one's
   ``--max-num-seqs`` when a flag sets it (None: the engine's default).
+  ``pids`` maps each running component (``etcd``, ``frontend``,
+  ``engine``...) to its process id, ``supervisor_pid`` is the supervisor's,
+  and ``last_failure`` names the component whose failure caused the last
+  restart: what an operator (or a fault test) needs to find a process.
   """
   phase: str
   base_url: Optional[str] = None
@@ -48,10 +59,25 @@ class StackState:
   last_recovery_s: Optional[float] = None
   engines: int = 1
   max_num_seqs: Optional[int] = None
+  pids: dict[str, int] = dataclasses.field(default_factory=dict)
+  supervisor_pid: Optional[int] = None
+  last_failure: Optional[str] = None
 
 
-def socket_address(fingerprint: str) -> str:
-  return f'\0apache_beam_dynamo-{os.getuid()}-{fingerprint}'
+def sharing_scope(environ: Mapping[str, str]) -> str:
+  """The ``APACHE_BEAM_DYNAMO_SCOPE`` of a process ('' when unset)."""
+  scope = environ.get(SCOPE_ENV, '')
+  if len(scope) > _MAX_SCOPE_CHARS or not all(
+      c.isalnum() or c in '-_.' for c in scope):
+    raise DynamoHandlerError(
+        f'{SCOPE_ENV}={scope!r} must be at most {_MAX_SCOPE_CHARS} letters, '
+        "digits, '-', '_' or '.'.")
+  return scope
+
+
+def socket_address(fingerprint: str, scope: str = '') -> str:
+  suffix = f'-{scope}' if scope else ''
+  return f'\0apache_beam_dynamo-{os.getuid()}-{fingerprint}{suffix}'
 
 
 def encode(message: dict) -> bytes:

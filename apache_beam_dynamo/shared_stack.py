@@ -11,6 +11,7 @@ machine, is gone.
 import atexit
 import gc
 import itertools
+import json
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 from apache_beam_dynamo import protocol
 from apache_beam_dynamo.config import StackConfig
@@ -40,9 +41,9 @@ _WAIT_MARGIN_S = 60.0
 
 class SharedStack:
   """A lease on the stack for one config: start, wait_ready, healthy, stop."""
-  def __init__(self, config: StackConfig):
+  def __init__(self, config: StackConfig, address: str):
     self.config = config
-    self._address = protocol.socket_address(config.fingerprint())
+    self.address = address
     self._cond = threading.Condition()
     self._state: Optional[StackState] = None
     self._sock: Optional[socket.socket] = None
@@ -52,6 +53,7 @@ class SharedStack:
     self._checks: dict[int, threading.Event] = {}
     self._supervisor_losses = 0
     self._closed = False
+    self._listeners: list[Callable[[StackState], None]] = []
     self.last_used = time.monotonic()
 
   # -- the interface ---------------------------------------------------------
@@ -101,6 +103,29 @@ class SharedStack:
   @property
   def state(self) -> Optional[StackState]:
     return self._state
+
+  def add_listener(self, listener: Callable[[StackState], None]) -> None:
+    """Calls ``listener(state)`` for every state the supervisor publishes
+    from now on (on the lease's reader thread: keep it short)."""
+    with self._cond:
+      self._listeners.append(listener)
+
+  def wait_for(self, predicate: Callable[[StackState], bool],
+               timeout_s: float) -> StackState:
+    """Blocks until the published state satisfies ``predicate``; returns it.
+
+    Raises StackUnavailableError if ``timeout_s`` passes first.
+    """
+    deadline = time.monotonic() + timeout_s
+    with self._cond:
+      while self._state is None or not predicate(self._state):
+        left = deadline - time.monotonic()
+        if left <= 0:
+          raise StackUnavailableError(
+              f'The {self._describe()} did not reach the awaited state within '
+              f'{timeout_s:.0f} s (state: {self._state}).')
+        self._cond.wait(left)
+      return self._state
 
   def check(self, timeout_s: float = 30.0) -> None:
     """Asks the supervisor to probe the stack now (after a failed request),
@@ -156,7 +181,7 @@ class SharedStack:
     while True:
       sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
       try:
-        sock.connect(self._address)
+        sock.connect(self.address)
         break
       except (ConnectionRefusedError, FileNotFoundError):
         sock.close()
@@ -191,7 +216,10 @@ class SharedStack:
         stderr=stderr,
         start_new_session=True,
         close_fds=True)
-    spawned.stdin.write(self.config.to_json().encode())
+    spawned.stdin.write(
+        json.dumps({
+            'address': self.address, 'config': self.config.to_json()
+        }).encode())
     spawned.stdin.close()
     return spawned, stderr
 
@@ -223,9 +251,13 @@ class SharedStack:
       for message in protocol.read_messages(sock):
         kind = message.get('type')
         if kind == 'state':
+          state = protocol.state_from(message)
           with self._cond:
-            self._state = protocol.state_from(message)
+            self._state = state
             self._cond.notify_all()
+            listeners = list(self._listeners)
+          for listener in listeners:
+            listener(state)
         elif kind == 'log':
           logging.getLogger(message['logger']).log(
               message['level'], '%s', message['message'])
@@ -284,22 +316,27 @@ class _Registry:
         gc.collect()
 
   def acquire(self, config: StackConfig, holder: object) -> SharedStack:
-    """The started SharedStack for ``config``, leased while ``holder`` lives."""
-    fingerprint = config.fingerprint()
+    """The started SharedStack for ``config``, leased while ``holder`` lives.
+
+    Stacks are keyed by their supervisor's address: the config's
+    fingerprint within this process's sharing scope.
+    """
+    address = protocol.socket_address(
+        config.fingerprint(), protocol.sharing_scope(os.environ))
     with self._lock:
       if os.getpid() != self._pid:  # forked: the parent's leases aren't ours
         self._reset()
-      stack = self._stacks.get(fingerprint)
+      stack = self._stacks.get(address)
       if stack is None:
-        stack = self._stacks[fingerprint] = SharedStack(config)
-      fingerprints = self._registered.setdefault(holder, set())
-      if fingerprint not in fingerprints:
-        fingerprints.add(fingerprint)
-        self._holders[fingerprint] = self._holders.get(fingerprint, 0) + 1
-        expiry = self._expiries.pop(fingerprint, None)
+        stack = self._stacks[address] = SharedStack(config, address)
+      addresses = self._registered.setdefault(holder, set())
+      if address not in addresses:
+        addresses.add(address)
+        self._holders[address] = self._holders.get(address, 0) + 1
+        expiry = self._expiries.pop(address, None)
         if expiry is not None:
           expiry.cancel()
-        release = weakref.finalize(holder, self._release, fingerprint)
+        release = weakref.finalize(holder, self._release, address)
         release.atexit = False  # close_all handles interpreter exit
       if self._janitor is None:
         self._janitor = threading.Thread(
@@ -308,24 +345,24 @@ class _Registry:
     stack.start()
     return stack
 
-  def _release(self, fingerprint: str) -> None:
+  def _release(self, address: str) -> None:
     with self._lock:
-      self._holders[fingerprint] -= 1
-      if self._holders[fingerprint] > 0:
+      self._holders[address] -= 1
+      if self._holders[address] > 0:
         return
-      keep_alive_s = self._stacks[fingerprint].config.keep_alive_s
-      expiry = threading.Timer(keep_alive_s, self._expire, (fingerprint, ))
+      keep_alive_s = self._stacks[address].config.keep_alive_s
+      expiry = threading.Timer(keep_alive_s, self._expire, (address, ))
       expiry.daemon = True
-      self._expiries[fingerprint] = expiry
+      self._expiries[address] = expiry
     expiry.start()
 
-  def _expire(self, fingerprint: str) -> None:
+  def _expire(self, address: str) -> None:
     with self._lock:
-      if self._holders.get(fingerprint, 0) > 0:
+      if self._holders.get(address, 0) > 0:
         return
-      self._holders.pop(fingerprint, None)
-      self._expiries.pop(fingerprint, None)
-      stack = self._stacks.pop(fingerprint, None)
+      self._holders.pop(address, None)
+      self._expiries.pop(address, None)
+      stack = self._stacks.pop(address, None)
     if stack is not None:
       stack.stop()
 

@@ -206,6 +206,12 @@ class Stack(abc.ABC):
     """Whether another engine still serves while ``name`` is replaced."""
     return False
 
+  def pids(self) -> dict[str, int]:
+    """Process id of each running component, by component name."""
+    return {
+        c.name: c.process.pid for c in self._components if c.process is not None
+    }
+
   def stop(self, grace_s: Optional[float] = None) -> None:
     """Stops every component (SIGTERM, grace, SIGKILL) and removes the dir.
 
@@ -427,8 +433,9 @@ class DynamoStack(Stack):
             self.base_url, self.served_model_name))
 
   def engines_alive_besides(self, name: str) -> bool:
-    """Whether another engine still serves while ``name`` is replaced."""
-    return any(
+    """Whether another engine still serves while engine ``name`` is
+    replaced (replacing etcd or the frontend leaves nothing serving)."""
+    return name.startswith('engine') and any(
         c.name != name and c.name.startswith('engine') and c.process is not
         None and c.process.alive() for c in self._components)
 

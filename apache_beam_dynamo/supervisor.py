@@ -1,7 +1,8 @@
 """The per-machine stack supervisor: ``python -m apache_beam_dynamo.supervisor``.
 
 The first SDK process that needs a stack starts this program (in a session
-of its own) and writes the stack config to its stdin. The supervisor owns
+of its own) and writes ``{"address": socket, "config": StackConfig JSON}``
+to its stdin. The supervisor owns
 the stack's processes: it starts them, watches them (a watchdog probes every
 component each ``liveness_interval_s``), restarts what fails within the
 restart budget, and serves leases on an abstract Unix socket. Every SDK
@@ -15,6 +16,7 @@ critical path of the stack's startup.
 """
 
 import collections
+import json
 import logging
 import os
 import signal
@@ -67,7 +69,7 @@ class Supervisor:
     self._pending_checks: list[threading.Event] = []
     self._restart_times: collections.deque[float] = collections.deque()
     self._stop_grace_s: Optional[float] = None
-    self._state = StackState(protocol.STARTING)
+    self._state = StackState(protocol.STARTING, supervisor_pid=os.getpid())
     self._thread = threading.Thread(
         target=self._run, name='abd-supervisor', daemon=True)
 
@@ -114,6 +116,7 @@ class Supervisor:
           model=self._stack.served_model_name,
           engines=self._stack.engine_count,
           max_num_seqs=self._stack.max_num_seqs,
+          pids=self._stack.pids(),
           generation=1)
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)
@@ -211,6 +214,7 @@ class Supervisor:
       self._publish(
           phase=protocol.READY if serving else protocol.RECOVERING,
           restarts=self._state.restarts + 1,
+          last_failure=first,
           error=str(failure))
       self._finish_checks()
       backoff = min(2.0**(len(self._restart_times) - 1), _MAX_BACKOFF_S)
@@ -228,6 +232,7 @@ class Supervisor:
     self._publish(
         phase=protocol.READY,
         base_url=self._stack.base_url,
+        pids=self._stack.pids(),
         generation=self._state.generation + 1,
         error=None,
         last_recovery_s=recovery_s)
@@ -370,10 +375,11 @@ class _ForwardToLeases(logging.Handler):
 
 
 def main() -> int:
-  config = StackConfig.from_json(sys.stdin.read())
+  request = json.loads(sys.stdin.read())
+  config = StackConfig.from_json(request['config'])
   listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
   try:
-    listener.bind(protocol.socket_address(config.fingerprint()))
+    listener.bind(request['address'])
   except OSError:
     return protocol.EXIT_ALREADY_RUNNING
   listener.listen(64)

@@ -1,18 +1,37 @@
-"""Fixtures shared by every suite: the tiny model, handler factories, and the
-check that no stack process, port or directory outlives a test."""
+"""Fixtures and helpers shared by every suite.
 
-import glob
+Every test runs in a sharing scope of its own (``APACHE_BEAM_DYNAMO_SCOPE``)
+and a temporary directory of its own, so its stacks are never shared with
+another test's, and the processes and run directories a test looks for are
+the ones it started: suites can run side by side (``pytest -n 2``), and a
+stray process elsewhere on the machine is none of their business.
+
+Tests synchronize on what the product exposes: a stack's published state
+(``StackWatch``), results as they leave RunInference (``FaultAfter``),
+Beam metrics, and the frontend's own metrics; never on sleeps.
+"""
+
+import dataclasses
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
+from typing import Callable, Optional
 
+import apache_beam as beam
 import psutil
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 
 from apache_beam_dynamo import TINY_MODEL_DIR
+from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.protocol import SCOPE_ENV, StackState
 
 # Command-line fragments of every process a stack can start.
 STACK_PROCESS_MARKERS = (
@@ -24,84 +43,138 @@ STACK_PROCESS_MARKERS = (
     'vllm.entrypoints.openai.api_server',
     'etcdbin/etcd',
 )
-RUN_DIR_GLOB = os.path.join(tempfile.gettempdir(), 'apache-beam-dynamo-*')
+RUN_DIR_PREFIX = 'apache-beam-dynamo-'
 # Mocker settings for fast tests: no simulated engine time.
 FAST_MOCKER = {'speedup-ratio': '0'}
+# How long cleanup may take before a test calls it a leak: a stack stops
+# once its last user is gone (tests use keep_alive_s=0) and its children get
+# shutdown_grace_s (10 s) to exit. Passing runs return as soon as all is gone.
+CLEANUP_TIMEOUT_S = 60.0
+_BASE_TMP = tempfile.gettempdir()
 
 
-def stack_processes() -> list[str]:
-  """'pid cmdline' of every live stack process on this machine."""
+@pytest.fixture(autouse=True)
+def sharing_scope(monkeypatch, tmp_path_factory):
+  """This test's own stack scope and temp dir (inherited by every process
+  the test starts, so they can be told apart from anybody else's)."""
+  tmp_path_factory.getbasetemp()  # pytest's own, before TMPDIR moves
+  scope = uuid.uuid4().hex[:16]
+  tmp = tempfile.mkdtemp(prefix='abd-test-', dir=_BASE_TMP)
+  monkeypatch.setenv(SCOPE_ENV, scope)
+  monkeypatch.setenv('TMPDIR', tmp)
+  monkeypatch.setattr(tempfile, 'tempdir', tmp)
+  yield scope
+  # A leak is reported by no_leftovers; the directory itself always goes.
+  shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _in_scope(proc: psutil.Process) -> bool:
+  try:
+    return proc.environ().get(SCOPE_ENV) == os.environ.get(SCOPE_ENV)
+  except psutil.Error:
+    return False
+
+
+def stack_processes() -> list[psutil.Process]:
+  """Live stack processes started by this test (in its scope)."""
   found = []
-  for proc in psutil.process_iter(['pid', 'cmdline', 'status']):
-    try:
-      cmdline = ' '.join(proc.info['cmdline'] or ())
-      if proc.info['status'] == psutil.STATUS_ZOMBIE:
-        continue
-    except psutil.Error:
+  for proc in psutil.process_iter(['cmdline', 'status']):
+    if proc.info['status'] == psutil.STATUS_ZOMBIE:
       continue
-    if any(marker in cmdline for marker in STACK_PROCESS_MARKERS):
-      found.append(f'{proc.info["pid"]} {cmdline[:160]}')
+    cmdline = ' '.join(proc.info['cmdline'] or ())
+    if any(marker in cmdline for marker in STACK_PROCESS_MARKERS) and (
+        _in_scope(proc)):
+      found.append(proc)
   return found
 
 
+def describe(processes: list[psutil.Process]) -> list[str]:
+  described = []
+  for proc in processes:
+    try:
+      described.append(f'{proc.pid} {" ".join(proc.cmdline())[:160]}')
+    except psutil.Error:
+      pass
+  return described
+
+
 def stack_pids(marker: str) -> list[int]:
-  """Pids of live stack processes whose command line contains ``marker``."""
+  """Pids of this test's stack processes whose command line has ``marker``."""
+  pids = []
+  for proc in stack_processes():
+    try:
+      if marker in ' '.join(proc.cmdline()):
+        pids.append(proc.pid)
+    except psutil.Error:
+      pass
+  return pids
+
+
+def serving_pids() -> list[int]:
+  """Pids of this test's etcd, frontend and engine processes."""
+  return stack_pids(' -m dynamo.') + stack_pids('etcdbin/etcd') + stack_pids(
+      'vllm.entrypoints')
+
+
+def run_dirs() -> list[str]:
+  """This test's stack run directories."""
   return [
-      int(line.split()[0]) for line in stack_processes() if marker in line
+      os.path.join(tempfile.gettempdir(), name)
+      for name in os.listdir(tempfile.gettempdir())
+      if name.startswith(RUN_DIR_PREFIX)
   ]
 
 
-def requests_served() -> int:
-  """Successful requests the running stack's frontend has served so far
-  (from its /metrics; 0 while there is none)."""
-  import re
-  import urllib.request
-  for line in stack_processes():
-    if 'dynamo.frontend' in line and '--http-port' in line:
-      port = line.split('--http-port')[1].split()[0]
-      try:
-        with urllib.request.urlopen(
-            f'http://127.0.0.1:{port}/metrics', timeout=2) as response:
-          text = response.read().decode()
-      except OSError:
-        return 0
-      return int(sum(
-          float(m.group(1)) for m in re.finditer(
-              r'^dynamo_frontend_requests_total\{[^}]*status="success"[^}]*\} '
-              r'(\S+)', text, re.M)))
-  return 0
-
-
 def stack_leftovers() -> list[str]:
-  return stack_processes() + glob.glob(RUN_DIR_GLOB)
+  return describe(stack_processes()) + run_dirs()
 
 
-def wait_for_no_leftovers(timeout_s: float) -> list[str]:
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str):
+  """Polls ``predicate`` (a state the product exposes) until it holds."""
   deadline = time.monotonic() + timeout_s
-  while True:
-    left = stack_leftovers()
-    if not left or time.monotonic() > deadline:
-      return left
-    time.sleep(0.1)
+  while not predicate():
+    if time.monotonic() > deadline:
+      raise AssertionError(f'timed out after {timeout_s:.0f} s waiting for {what}')
+    time.sleep(0.02)
+
+
+def wait_for_no_leftovers(timeout_s: float = CLEANUP_TIMEOUT_S) -> list[str]:
+  """Waits until this test's stacks are gone; returns what is still there."""
+  try:
+    wait_until(lambda: not stack_leftovers(), timeout_s, 'stack cleanup')
+  except AssertionError:
+    pass
+  return stack_leftovers()
 
 
 @pytest.fixture
 def no_leftovers():
-  """Fails the test if a stack process or run dir is still there afterwards.
-
-  Stacks stop once their last user is gone plus ``keep_alive_s`` (tests use
-  0 or the 2 s default), so a short grace period is allowed.
-  """
-  before = stack_leftovers()
-  assert not before, f'leftovers from an earlier test: {before}'
+  """Fails the test if a stack process or run dir outlives it."""
   yield
-  left = wait_for_no_leftovers(timeout_s=20.0)
+  left = wait_for_no_leftovers()
   assert not left, f'stack leftovers after the test: {left}'
 
 
 @pytest.fixture
 def tiny_model() -> str:
   return TINY_MODEL_DIR
+
+
+class Holder:
+  """Stands in for a handler copy: a lease lives as long as its holder."""
+
+
+def mocker_config(model: str = TINY_MODEL_DIR, **overrides) -> StackConfig:
+  """A fast mocker stack's config; keyword args override its fields."""
+  fields = dict(
+      model=model,
+      use_dynamo=True,
+      engine='mocker',
+      engine_args=tuple(FAST_MOCKER.items()),
+      keep_alive_s=0,
+      startup_timeout_s=60)
+  fields.update(overrides)
+  return StackConfig(**fields)
 
 
 @pytest.fixture
@@ -133,8 +206,109 @@ def chat_handler(tiny_model):
   return build
 
 
+def run_pipeline(build: Callable[[beam.Pipeline], object]):
+  """Builds a DirectRunner pipeline with ``build``, runs it to the end and
+  returns its result (for metrics)."""
+  pipeline = beam.Pipeline()
+  build(pipeline)
+  result = pipeline.run()
+  result.wait_until_finish()
+  return result
+
+
+def counter(result, name: str) -> int:
+  counters = result.metrics().query(MetricsFilter().with_name(name))['counters']
+  return sum(c.committed for c in counters)
+
+
+def gauge(result, name: str) -> int:
+  gauges = result.metrics().query(MetricsFilter().with_name(name))['gauges']
+  return max((g.committed.value for g in gauges), default=0)
+
+
+class StackWatch:
+  """The test's own lease on a handler's stack (``load_model``, as Beam
+  calls it): the stack's pids, and every state it publishes.
+
+  In-process DirectRunner pipelines share this lease's stack, so a test
+  can see the component pids to signal and the restarts that followed.
+  """
+  def __init__(self, handler):
+    self._handler = handler
+    self.states: list[StackState] = []
+    self.lease = handler.load_model()
+    self.lease.add_listener(self.states.append)
+
+  @property
+  def state(self) -> StackState:
+    return self.lease.state
+
+  def pid(self, component: str) -> int:
+    return self.state.pids[component]
+
+  def wait_for(self, predicate, timeout_s: float = 120) -> StackState:
+    return self.lease.wait_for(predicate, timeout_s)
+
+  def close(self) -> None:
+    """Drops the test's lease (the stack stops when no pipeline holds it)."""
+    self._handler = self.lease = None
+
+
+@dataclasses.dataclass
+class _FaultRun:
+  fault: Optional[Callable[[], None]]
+  before: int = 0
+  after: int = 0
+
+
+_FAULT_RUNS: dict[str, _FaultRun] = {}
+_FAULT_LOCK = threading.Lock()
+
+
+class FaultAfter(beam.DoFn):
+  """Passes results through; right after the ``after``-th result, in the
+  pipeline's own thread, runs ``fault``.
+
+  The fault lands at a point defined by progress: ``after`` results have
+  left RunInference and the others have not. ``before`` and ``after_fault``
+  count the results on either side (in-process runners only: the state is
+  this module's, shared by the DoFn's pickled copies).
+  """
+  def __init__(self, after: int, fault: Callable[[], None]):
+    self.key = uuid.uuid4().hex
+    self.threshold = after
+    _FAULT_RUNS[self.key] = _FaultRun(fault)
+
+  def process(self, element):
+    with _FAULT_LOCK:
+      run = _FAULT_RUNS[self.key]
+      fault = None
+      if run.fault is None:
+        run.after += 1
+      else:
+        run.before += 1
+        if run.before >= self.threshold:
+          fault, run.fault = run.fault, None
+    if fault is not None:
+      fault()
+    yield element
+
+  @property
+  def fired(self) -> bool:
+    return _FAULT_RUNS[self.key].fault is None
+
+  @property
+  def before(self) -> int:
+    return _FAULT_RUNS[self.key].before
+
+  @property
+  def after_fault(self) -> int:
+    return _FAULT_RUNS[self.key].after
+
+
 class ProcessWatch:
-  """Samples stack processes on a thread; remembers the most seen at once."""
+  """Samples this test's stack processes on a thread; remembers the most
+  seen at once."""
   def __init__(self, marker: str):
     self.marker = marker
     self.most = 0
@@ -143,8 +317,7 @@ class ProcessWatch:
 
   def _sample(self):
     while not self._stop.is_set():
-      self.most = max(
-          self.most, sum(self.marker in line for line in stack_processes()))
+      self.most = max(self.most, len(stack_pids(self.marker)))
       self._stop.wait(0.2)
 
   def __enter__(self):
@@ -154,6 +327,25 @@ class ProcessWatch:
   def __exit__(self, *exc):
     self._stop.set()
     self._thread.join()
+
+
+def requests_served() -> int:
+  """Successful requests this test's stack frontend has served so far (from
+  its /metrics; 0 while there is none)."""
+  for pid in stack_pids('dynamo.frontend'):
+    try:
+      cmdline = psutil.Process(pid).cmdline()
+      port = cmdline[cmdline.index('--http-port') + 1]
+      with urllib.request.urlopen(
+          f'http://127.0.0.1:{port}/metrics', timeout=2) as response:
+        text = response.read().decode()
+    except (psutil.Error, ValueError, IndexError, OSError):
+      return 0
+    return int(sum(
+        float(m.group(1)) for m in re.finditer(
+            r'^dynamo_frontend_requests_total\{[^}]*status="success"[^}]*\} '
+            r'(\S+)', text, re.M)))
+  return 0
 
 
 def pipeline_script(model: str, prompts: int, *, workers: int = 0,

@@ -8,9 +8,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import OpenAIChatMessage, raise_failed_element
+from apache_beam_dynamo.errors import InvalidElementError
 
 from conftest import (
-    ProcessWatch, pipeline_script, run_python, stack_leftovers)
+    ProcessWatch, counter, pipeline_script, run_pipeline, run_python,
+    stack_leftovers)
 
 # Renders as "[role] content\n" per message then "[assistant] ": with the tiny
 # model's byte-level tokenizer every byte is one token, so the prompt token
@@ -23,20 +25,6 @@ CUSTOM_TEMPLATE = (
 def custom_template_tokens(messages):
   rendered = ''.join(f'[{m.role}] {m.content}\n' for m in messages)
   return len((rendered + '[assistant] ').encode())
-
-
-def run(pipeline_fn):
-  """Builds and runs a pipeline; returns its result (for metrics)."""
-  pipeline = beam.Pipeline()
-  pipeline_fn(pipeline)
-  result = pipeline.run()
-  result.wait_until_finish()
-  return result
-
-
-def counter(result, name):
-  counters = result.metrics().query(MetricsFilter().with_name(name))['counters']
-  return sum(c.committed for c in counters)
 
 
 def test_500_completions(completions_handler, no_leftovers):
@@ -56,7 +44,7 @@ def test_500_completions(completions_handler, no_leftovers):
         equal_to([(x, 12, 'length', handler._stack_config.served_model_name,
                    'Completion') for x in prompts]))
 
-  result = run(pipeline)
+  result = run_pipeline(pipeline)
   assert counter(result, 'completion_tokens') == 500 * 12
   assert counter(result, 'requests') == 500
   assert counter(result, 'num_inferences') == 500
@@ -83,7 +71,7 @@ def test_500_chats_with_a_chat_template(chat_handler, tmp_path, no_leftovers):
         equal_to([(c[1].content, custom_template_tokens(c), 6,
                    'chat.completion') for c in conversations]))
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def test_chat_uses_the_models_own_template_by_default(chat_handler, no_leftovers):
@@ -98,7 +86,7 @@ def test_chat_uses_the_models_own_template_by_default(chat_handler, no_leftovers
         | beam.Map(lambda r: r.inference.usage.prompt_tokens))
     assert_that(results, equal_to([expected]))
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def test_inference_args_reach_the_engine(completions_handler, no_leftovers):
@@ -119,7 +107,7 @@ def test_inference_args_reach_the_engine(completions_handler, no_leftovers):
               lambda r: r.inference.usage.completion_tokens))
       assert_that(tokens, equal_to([max_tokens] * 3), label=f'Check{max_tokens}')
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def test_hundreds_of_prompts_in_many_small_batches(completions_handler,
@@ -134,7 +122,7 @@ def test_hundreds_of_prompts_in_many_small_batches(completions_handler,
         | beam.Map(lambda r: r.example))
     assert_that(results, equal_to([f'p{i}' for i in range(300)]))
 
-  result = run(pipeline)
+  result = run_pipeline(pipeline)
   batches = result.metrics().query(
       MetricsFilter().with_name('inference_batch_latency_micro_secs')
   )['distributions']
@@ -162,7 +150,7 @@ def test_two_handlers_in_one_pipeline(completions_handler, chat_handler,
     assert_that(chats, equal_to(['chat.completion'] * 50), label='Ch')
 
   with ProcessWatch('dynamo.frontend') as frontends:
-    run(pipeline)
+    run_pipeline(pipeline)
   # Different configs (one has a chat template): two separate stacks.
   assert frontends.most == 2
 
@@ -194,15 +182,15 @@ def test_bad_elements_go_to_the_dead_letter_output(completions_handler,
         label='Dead')
     assert_that(dead.failed_inferences, equal_to([]), label='NoBatchFailure')
 
-  result = run(pipeline)
+  result = run_pipeline(pipeline)
   assert counter(result, 'request_failures') == 1  # the 400; the rest never left
 
 
 def test_failed_elements_raise_mode_fails_the_batch(completions_handler,
                                                     caplog, no_leftovers):
   handler = completions_handler(failed_elements='raise')
-  with pytest.raises(Exception, match='must not be empty'):
-    run(lambda p: p | beam.Create(['ok', ''])
+  with pytest.raises(InvalidElementError, match='must not be empty'):
+    run_pipeline(lambda p: p | beam.Create(['ok', ''])
         | RunInference(handler, inference_args={'max_tokens': 2}))
   # Beam logged the failure with its traceback, which references the
   # pipeline's DoFns (and so the stack's lease); pytest would keep those
@@ -229,7 +217,7 @@ def test_return_mode_works_inside_keyed_model_handler(completions_handler,
         dead.failed_postprocessing[0] | beam.Map(lambda pair: pair[0][0]),
         equal_to(['b']), label='Dead')
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def test_nothing_is_left_the_moment_a_pipeline_script_exits(tiny_model):

@@ -4,28 +4,22 @@ processes (CPU lane: mocker engines)."""
 import os
 import random
 import signal
-import threading
-import time
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
+from apache_beam_dynamo.protocol import RECOVERING
+
 from conftest import (
-    ProcessWatch, output_lines, pipeline_script, requests_served, run_python,
-    stack_pids)
+    FaultAfter, ProcessWatch, StackWatch, output_lines, pipeline_script,
+    run_pipeline, run_python)
 
 WORKER_ID = {'max_tokens': 2, 'nvext': {'extra_fields': ['worker_id']}}
 
 
 def decode_worker(result):
   return result.inference.model_extra['nvext']['worker_id']['decode_worker_id']
-
-
-def run(pipeline_fn):
-  pipeline = beam.Pipeline()
-  pipeline_fn(pipeline)
-  pipeline.run().wait_until_finish()
 
 
 def test_requests_spread_over_three_engines(completions_handler, no_leftovers):
@@ -42,7 +36,7 @@ def test_requests_spread_over_three_engines(completions_handler, no_leftovers):
 
   with ProcessWatch('dynamo.mocker') as engines, ProcessWatch(
       'dynamo.frontend') as frontends:
-    run(pipeline)
+    run_pipeline(pipeline)
   assert (engines.most, frontends.most) == (3, 1)
 
 
@@ -56,38 +50,36 @@ def test_kv_aware_routing_serves_with_two_engines(completions_handler,
            | beam.Map(lambda r: r.inference.usage.completion_tokens))
     assert_that(out, equal_to([2] * 200))
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def test_killing_one_engine_loses_nothing_while_the_others_serve(
     completions_handler, caplog, no_leftovers):
-  prompts = [f'prompt-{i}' for i in range(3000)]
-  seed = random.randrange(1 << 30)
-  print(f'seed={seed}')
-
-  def kill_one_engine():
-    rng = random.Random(seed)
-    threshold = int(len(prompts) * rng.uniform(0.1, 0.7))
-    deadline = time.monotonic() + 120
-    while requests_served() < threshold and time.monotonic() < deadline:
-      time.sleep(0.05)
-    os.kill(rng.choice(stack_pids('dynamo.mocker')), signal.SIGKILL)
-
-  killer = threading.Thread(target=kill_one_engine, daemon=True)
-  killer.start()
+  batch = 250
+  prompts = [f'prompt-{i}' for i in range(8 * batch)]
+  handler = completions_handler(
+      num_engines=3, min_batch_size=batch, max_batch_size=batch)
+  watch = StackWatch(handler)
+  victim = random.choice(['engine-0', 'engine-1', 'engine-2'])
+  print(f'killing {victim}')
+  fault = FaultAfter(batch, lambda: os.kill(watch.pid(victim), signal.SIGKILL))
 
   def pipeline(p):
     out = (p | beam.Create(prompts)
-           | RunInference(completions_handler(num_engines=3),
-                          inference_args={'max_tokens': 4})
+           | RunInference(handler, inference_args={'max_tokens': 4})
+           | beam.ParDo(fault)
            | beam.Map(lambda r: r.example))
     assert_that(out, equal_to(prompts))
 
-  run(pipeline)
-  killer.join()
-  assert any('Restarting engine-' in m for m in caplog.messages)
-  # The other engines kept serving: clients were never told to wait.
-  assert not any('"phase": "recovering"' in m for m in caplog.messages)
+  run_pipeline(pipeline)
+  assert fault.fired and fault.after_fault == len(prompts) - batch
+  # The engine was replaced, and the other engines kept serving: clients
+  # were never told to wait.
+  state = watch.wait_for(lambda s: s.generation >= 2)
+  assert state.last_failure == victim and state.restarts == 1
+  assert RECOVERING not in {s.phase for s in watch.states}
+  watch.close()
+  caplog.clear()
 
 
 def test_four_sdk_processes_share_one_stack(tiny_model, tmp_path, no_leftovers):

@@ -6,7 +6,6 @@ import os
 import socket
 import stat
 import threading
-import time
 
 import apache_beam as beam
 import psutil
@@ -15,18 +14,13 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import OpenAIChatMessage, VLLMCompletionsModelHandler
-from apache_beam_dynamo.errors import ConfigError
+from apache_beam_dynamo.errors import ConfigError, StackStartupError
 from apache_beam_dynamo.ports import PORT_RANGE_ENV
 
-from conftest import RUN_DIR_GLOB, stack_processes
+from conftest import (
+    run_dirs, run_pipeline, serving_pids, stack_pids, stack_processes)
 
 SECRET = 'zebra-quartz-7781'  # appears in prompts only
-
-
-def run(pipeline_fn):
-  pipeline = beam.Pipeline()
-  pipeline_fn(pipeline)
-  pipeline.run().wait_until_finish()
 
 
 class SocketAudit(threading.Thread):
@@ -37,18 +31,17 @@ class SocketAudit(threading.Thread):
     self.sockets, self.run_dirs, self.done = set(), set(), threading.Event()
 
   def run(self):
-    import glob
     while not self.done.is_set():
-      for line in stack_processes():
-        pid, name = int(line.split()[0]), line.split()[3] if len(
-            line.split()) > 3 else line
+      for proc in stack_processes():
         try:
-          for conn in psutil.Process(pid).net_connections('inet'):
+          cmdline = proc.cmdline()
+          name = cmdline[2] if len(cmdline) > 2 else cmdline[0]
+          for conn in proc.net_connections('inet'):
             if conn.status == psutil.CONN_LISTEN:
               self.sockets.add((name, conn.laddr.ip))
         except psutil.Error:
           pass
-      for path in glob.glob(RUN_DIR_GLOB):
+      for path in run_dirs():
         try:
           self.run_dirs.add((path, stat.S_IMODE(os.stat(path).st_mode),
                              stat.S_IMODE(os.stat(f'{path}/etcd').st_mode)))
@@ -70,7 +63,7 @@ def test_sockets_files_and_logs_while_a_pipeline_runs(completions_handler,
            | beam.Map(lambda r: r.example))
     assert_that(out, equal_to(prompts))
 
-  run(pipeline)
+  run_pipeline(pipeline)
   audit.done.set()
   audit.join()
   # Loopback only, except Dynamo's ZMQ event publishers in the engine
@@ -111,7 +104,7 @@ def test_malformed_chat_messages_are_dead_letters(chat_handler, no_leftovers):
         | beam.Map(lambda pair: pair[1][0].__name__),
         equal_to(['InvalidElementError'] * len(bad)), label='Dead')
 
-  run(pipeline)
+  run_pipeline(pipeline)
 
 
 def _infer(handler):
@@ -119,18 +112,20 @@ def _infer(handler):
                     | RunInference(handler, inference_args={'max_tokens': 2}))
 
 
-def _fails_fast(handler, match, within_s=20):
-  started = time.monotonic()
-  with pytest.raises(Exception, match=match):
-    run(_infer(handler))
-  assert time.monotonic() - started < within_s
+def _fails_with(handler, error, match):
+  """The pipeline fails with ``error``, found before any stack process
+  started (so no startup timeout was waited out)."""
+  with pytest.raises(error, match=match):
+    run_pipeline(_infer(handler))
+  assert not serving_pids()
 
 
 def test_missing_model_directory_on_the_worker(caplog, no_leftovers):
   # engine="vllm" can't check a local path on the user's machine (it may
   # only exist on workers); the worker says so before starting anything.
   handler = VLLMCompletionsModelHandler('/no/such/model', use_dynamo=True)
-  _fails_fast(handler, 'model directory .*/no/such/model.* does not exist')
+  _fails_with(handler, StackStartupError,
+              'model directory .*/no/such/model.* does not exist')
   caplog.clear()
 
 
@@ -140,17 +135,18 @@ def test_chat_template_unreadable_on_the_worker(chat_handler, tmp_path, caplog,
   template.write_text('{{ messages }}')
   handler = chat_handler(str(template))
   template.unlink()  # exists when the pipeline is built, gone on the worker
-  started = time.monotonic()
-  with pytest.raises(Exception, match='Could not read chat_template_path'):
-    run(lambda p: (p | beam.Create([[OpenAIChatMessage('user', 'x')]])
+  with pytest.raises(ConfigError, match='Could not read chat_template_path'):
+    run_pipeline(
+        lambda p: (p | beam.Create([[OpenAIChatMessage('user', 'x')]])
                    | RunInference(handler, inference_args={'max_tokens': 2})))
-  assert time.monotonic() - started < 20
+  assert not stack_pids('apache_beam_dynamo.supervisor')
   caplog.clear()
 
 
 def test_no_etcd_binary(completions_handler, caplog, no_leftovers):
   handler = completions_handler(etcd_binary='/no/such/etcd')
-  _fails_fast(handler, 'etcd_binary=.*is not an executable file')
+  _fails_with(handler, StackStartupError,
+              'etcd_binary=.*is not an executable file')
   caplog.clear()
 
 
@@ -162,7 +158,8 @@ def test_every_candidate_port_taken(completions_handler, monkeypatch, caplog,
   port = holder.getsockname()[1]
   monkeypatch.setenv(PORT_RANGE_ENV, f'{port}-{port}')
   try:
-    _fails_fast(completions_handler(), 'No free TCP port on 127.0.0.1')
+    _fails_with(completions_handler(), StackStartupError,
+                'No free TCP port on 127.0.0.1')
   finally:
     holder.close()
   caplog.clear()
@@ -174,7 +171,7 @@ def test_mocker_without_dynamo_is_rejected_when_built(tiny_model):
 
 
 def test_vllm_engine_without_a_gpu_fails_at_once(caplog, no_leftovers):
-  _fails_fast(
+  _fails_with(
       VLLMCompletionsModelHandler('Qwen/Qwen3-0.6B', use_dynamo=True),
-      'engine: .*(vLLM|GPU)')
+      StackStartupError, 'engine: .*(vLLM|GPU)')
   caplog.clear()

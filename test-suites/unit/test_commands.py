@@ -96,7 +96,20 @@ def test_dynamo_vllm_engine_command_and_environment():
   assert env['DYN_SYSTEM_HOST'] == '127.0.0.1'
   assert env['CUDA_VISIBLE_DEVICES'] == '1'
   assert env['HF_TOKEN'] == 'secret'
-  assert env['VLLM_USE_FLASHINFER_SAMPLER'] == '0'  # no flashinfer here
+
+
+@pytest.mark.parametrize('installed', [False, True])
+def test_flashinfer_sampler_is_off_only_without_flashinfer(
+    installed, monkeypatch):
+  # vLLM 0.26 probes FlashInfer's sampler at start and dies without it.
+  real_find_spec = commands.importlib.util.find_spec
+  monkeypatch.setattr(
+      commands.importlib.util, 'find_spec', lambda name: (
+          object() if installed else None) if name == 'flashinfer' else
+      real_find_spec(name))
+  config = StackConfig('Qwen/Qwen3-0.6B', use_dynamo=True)
+  env = commands.engine_launch(config, PLACEMENT, PARENT).environ
+  assert env.get('VLLM_USE_FLASHINFER_SAMPLER') == (None if installed else '0')
 
 
 def test_a_local_model_is_served_under_its_directory_name():
