@@ -19,7 +19,7 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.10',
-    packages=['apache_beam_dynamo'],
+    packages=setuptools.find_packages(include=['apache_beam_dynamo*']),
     package_data={'apache_beam_dynamo': ['tiny_model/*.json']},
     install_requires=[
         'apache-beam>=2.60',

@@ -3,7 +3,7 @@
 ``from apache_beam_dynamo import VLLMCompletionsModelHandler`` is a drop-in
 replacement for apache-beam's ``vllm_inference`` handlers. The handlers are
 imported lazily so that the stack's helper programs
-(``python -m apache_beam_dynamo.supervisor`` / ``.reaper``) start without
+(``python -m apache_beam_dynamo.runtime.supervisor`` / ``.reaper``) start without
 importing Beam.
 """
 
@@ -17,10 +17,10 @@ TINY_MODEL_DIR = os.path.join(os.path.dirname(__file__), 'tiny_model')
 ``engine="mocker"``: demos, tests and benchmarks without a GPU."""
 
 _LAZY = {
-    'OpenAIChatMessage': 'apache_beam_dynamo.handlers',
-    'VLLMChatModelHandler': 'apache_beam_dynamo.handlers',
-    'VLLMCompletionsModelHandler': 'apache_beam_dynamo.handlers',
-    'raise_failed_element': 'apache_beam_dynamo.handlers',
+    'OpenAIChatMessage': 'apache_beam_dynamo.beam.requests',
+    'VLLMChatModelHandler': 'apache_beam_dynamo.beam.handlers',
+    'VLLMCompletionsModelHandler': 'apache_beam_dynamo.beam.handlers',
+    'raise_failed_element': 'apache_beam_dynamo.beam.handlers',
 }
 
 __all__ = ['TINY_MODEL_DIR', '__version__', *_LAZY]

@@ -11,8 +11,12 @@ class DynamoHandlerError(RuntimeError):
   """Base class for errors raised while running the embedded stack."""
 
 
-class ConfigError(ValueError):
+class ConfigError(DynamoHandlerError, ValueError):
   """A handler option is invalid; raised when the pipeline is built."""
+
+
+class NoFreePortError(DynamoHandlerError):
+  """No free loopback port in the allowed range."""
 
 
 class ComponentFailure(DynamoHandlerError):

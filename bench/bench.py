@@ -62,9 +62,9 @@ def run_ceiling(args) -> dict:
   """All prompts at once through one client (the handlers' own transport,
   one connection pool, ``--concurrency`` in flight); no Beam."""
   from apache_beam_dynamo import TINY_MODEL_DIR
-  from apache_beam_dynamo.client import shared_client
-  from apache_beam_dynamo.config import StackConfig
-  from apache_beam_dynamo.shared_stack import registry
+  from apache_beam_dynamo.client.shared import shared_client
+  from apache_beam_dynamo.config.stack import StackConfig
+  from apache_beam_dynamo.runtime.registry import registry
 
   class Holder:
     pass

@@ -114,9 +114,9 @@ def run_pipeline(config, args, prompts, batch) -> dict:
 
 
 def run_ceiling(args, prompts) -> dict:
-  from apache_beam_dynamo.client import shared_client
-  from apache_beam_dynamo.config import StackConfig
-  from apache_beam_dynamo.shared_stack import registry
+  from apache_beam_dynamo.client.shared import shared_client
+  from apache_beam_dynamo.config.stack import StackConfig
+  from apache_beam_dynamo.runtime.registry import registry
 
   class Holder:
     pass

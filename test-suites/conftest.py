@@ -30,13 +30,13 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from apache_beam_dynamo import TINY_MODEL_DIR
-from apache_beam_dynamo.config import StackConfig
-from apache_beam_dynamo.protocol import SCOPE_ENV, StackState
+from apache_beam_dynamo.config.stack import StackConfig
+from apache_beam_dynamo.runtime.protocol import SCOPE_ENV, StackState
 
 # Command-line fragments of every process a stack can start.
 STACK_PROCESS_MARKERS = (
-    'apache_beam_dynamo.supervisor',
-    'apache_beam_dynamo.reaper',
+    'apache_beam_dynamo.runtime.supervisor',
+    'apache_beam_dynamo.processes.reaper',
     'dynamo.frontend',
     'dynamo.mocker',
     'dynamo.vllm',

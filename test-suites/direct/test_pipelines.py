@@ -41,7 +41,7 @@ def test_500_completions(completions_handler, no_leftovers):
             type(r.inference).__name__)))
     assert_that(
         results,
-        equal_to([(x, 12, 'length', handler._stack_config.served_model_name,
+        equal_to([(x, 12, 'length', handler.stack_config.served_model_name,
                    'Completion') for x in prompts]))
 
   result = run_pipeline(pipeline)

@@ -1,5 +1,5 @@
 """The embedded stack on the CPU lane: real etcd, dynamo.frontend and
-dynamo.mocker, started and stopped through the handler's SharedStack."""
+dynamo.mocker, started and stopped through the handler's Lease."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import urllib.request
 import psutil
 import pytest
 
-from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.errors import StackStartupError
-from apache_beam_dynamo.shared_stack import registry
+from apache_beam_dynamo.runtime.registry import registry
 
 from conftest import (
     FAST_MOCKER, Holder, mocker_config, run_dirs, run_python, serving_pids,
@@ -96,8 +96,8 @@ def test_one_config_in_two_processes_shares_one_stack(tiny_model, no_leftovers):
   config = mocker_config(tiny_model)
   state = registry.acquire(config, holder).wait_ready(60)
   code = f'''
-from apache_beam_dynamo.config import StackConfig
-from apache_beam_dynamo.shared_stack import registry
+from apache_beam_dynamo.config.stack import StackConfig
+from apache_beam_dynamo.runtime.registry import registry
 class H: pass
 h = H()
 print(registry.acquire(StackConfig.from_json({config.to_json()!r}), h).wait_ready(60).base_url)

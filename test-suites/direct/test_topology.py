@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from apache_beam_dynamo.protocol import RECOVERING
+from apache_beam_dynamo.runtime.protocol import RECOVERING
 
 from conftest import (
     FaultAfter, ProcessWatch, StackWatch, output_lines, pipeline_script,

@@ -116,7 +116,7 @@ def test_image_install_without_gpu_packages(tmp_path):
   run([python, '-c', 'import apache_beam_dynamo, dynamo.frontend'], env, tmp_path)
   # The etcd the handler resolves on a worker (PATH, then the wheel's binary).
   etcd = run([
-      python, '-c', ('from apache_beam_dynamo.commands import resolve_etcd; '
+      python, '-c', ('from apache_beam_dynamo.serving.machine import resolve_etcd; '
                      'print(resolve_etcd(None))')
   ], env, tmp_path).strip()
   assert Path(etcd).is_relative_to(venv), etcd

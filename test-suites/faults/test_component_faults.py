@@ -18,7 +18,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo.errors import StackUnavailableError
-from apache_beam_dynamo.protocol import FAILED, READY, RECOVERING, STOPPED
+from apache_beam_dynamo.runtime.protocol import FAILED, READY, RECOVERING, STOPPED
 
 from conftest import FaultAfter, StackWatch, gauge, run_pipeline
 

@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from apache_beam_dynamo.shared_stack import registry
+from apache_beam_dynamo.runtime.registry import registry
 
 from conftest import (
     Holder, mocker_config, pipeline_script, requests_served, stack_leftovers,
@@ -22,8 +22,8 @@ from conftest import (
 # Holds a lease until killed; prints the ready stack's state first.
 _HOLD_A_STACK = '''
 import dataclasses, json, sys
-from apache_beam_dynamo.config import StackConfig
-from apache_beam_dynamo.shared_stack import registry
+from apache_beam_dynamo.config.stack import StackConfig
+from apache_beam_dynamo.runtime.registry import registry
 class Holder: pass
 holder = Holder()
 state = registry.acquire(StackConfig.from_json(sys.argv[1]), holder).wait_ready(60)

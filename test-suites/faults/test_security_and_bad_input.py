@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import OpenAIChatMessage, VLLMCompletionsModelHandler
 from apache_beam_dynamo.errors import ConfigError, StackStartupError
-from apache_beam_dynamo.ports import PORT_RANGE_ENV
+from apache_beam_dynamo.serving.ports import PORT_RANGE_ENV
 
 from conftest import (
     run_dirs, run_pipeline, serving_pids, stack_pids, stack_processes)
@@ -139,7 +139,7 @@ def test_chat_template_unreadable_on_the_worker(chat_handler, tmp_path, caplog,
     run_pipeline(
         lambda p: (p | beam.Create([[OpenAIChatMessage('user', 'x')]])
                    | RunInference(handler, inference_args={'max_tokens': 2})))
-  assert not stack_pids('apache_beam_dynamo.supervisor')
+  assert not stack_pids('apache_beam_dynamo.runtime.supervisor')
   caplog.clear()
 
 

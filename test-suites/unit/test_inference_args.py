@@ -7,6 +7,7 @@ import pytest
 from apache_beam.ml.inference.base import RunInference
 
 from apache_beam_dynamo import VLLMChatModelHandler, VLLMCompletionsModelHandler
+from apache_beam_dynamo.beam import requests
 from apache_beam_dynamo.errors import ConfigError
 
 
@@ -97,7 +98,7 @@ def test_extra_body_is_accepted_as_the_openai_sdk_does(completions):
       {'max_tokens': 4, 'extra_body': {'ignore_eos': True, 'top_k': 2}})
   with pytest.raises(ConfigError, match="extra_body'] may not set 'model'"):
     completions.validate_inference_args({'extra_body': {'model': 'x'}})
-  body = json.loads(completions._body(
-      {'prompt': 'p'}, {'max_tokens': 4, 'extra_body': {'ignore_eos': True}}))
+  body = json.loads(requests.completion_body(
+      'p', 'm', {'max_tokens': 4, 'extra_body': {'ignore_eos': True}}))
   assert body == {'model': 'm', 'prompt': 'p', 'max_tokens': 4,
                   'ignore_eos': True}

@@ -9,11 +9,11 @@ import time
 import psutil
 import pytest
 
-from apache_beam_dynamo import ports
+from apache_beam_dynamo.serving import ports
 from apache_beam_dynamo.errors import DynamoHandlerError
-from apache_beam_dynamo.launch import Launch
-from apache_beam_dynamo.process import ManagedProcess, group_alive, line_level
-from apache_beam_dynamo.reaper import Reaper
+from apache_beam_dynamo.processes.launch import Launch
+from apache_beam_dynamo.processes.process import ManagedProcess, group_alive, line_level
+from apache_beam_dynamo.processes.reaper import Reaper
 
 # A parent that starts a grandchild in its own process group, like
 # dynamo.vllm starting vLLM's EngineCore, then waits.
@@ -100,7 +100,7 @@ def test_reaper_kills_registered_groups_when_its_owner_dies(tmp_path):
   marker = tmp_path / 'run'
   owner_code = f'''
 import subprocess, sys, time, os
-from apache_beam_dynamo.reaper import Reaper
+from apache_beam_dynamo.processes.reaper import Reaper
 reaper = Reaper()
 victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                           start_new_session=True)

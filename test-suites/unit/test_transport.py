@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from apache_beam_dynamo.transport import ConnectionPool, HTTPError
+from apache_beam_dynamo.client.transport import ConnectionPool, HTTPError
 
 
 class RawServer:

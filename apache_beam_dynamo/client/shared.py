@@ -23,10 +23,10 @@ import time
 import urllib.parse
 from typing import Any, Callable, Optional, Sequence, Union
 
-from apache_beam_dynamo.config import RequestConfig
+from apache_beam_dynamo.config.stack import RequestConfig
 from apache_beam_dynamo.errors import RequestFailedError
-from apache_beam_dynamo.shared_stack import SharedStack
-from apache_beam_dynamo.transport import ConnectionPool, HTTPError
+from apache_beam_dynamo.runtime.lease import Lease
+from apache_beam_dynamo.client.transport import ConnectionPool, HTTPError
 
 _MAX_BACKOFF_S = 30.0
 # 404 is transient here: the frontend answers it while a restarted engine has
@@ -152,7 +152,7 @@ def backoff_s(attempt: int, first_s: float) -> float:
 
 
 def send(
-    stack: SharedStack,
+    stack: Lease,
     route: str,
     bodies: Sequence[Optional[bytes]],
     parse: Callable[[bytes], Any],

@@ -1,7 +1,7 @@
 """Kills a stack's process groups when their owner dies, however it dies.
 
 The owner (the stack supervisor) starts this as ``python -m
-apache_beam_dynamo.reaper`` in a session of its own and keeps the write end
+apache_beam_dynamo.processes.reaper`` in a session of its own and keeps the write end
 of its stdin. It tells the reaper which process groups and directories it
 owns. When stdin reaches end-of-file the owner is gone (exit, crash or
 SIGKILL: the kernel closes the pipe in every case), so the reaper SIGKILLs
@@ -47,7 +47,7 @@ class Reaper:
   def __init__(self):
     self._lock = threading.Lock()
     self._popen = subprocess.Popen(
-        [sys.executable, '-m', 'apache_beam_dynamo.reaper'],
+        [sys.executable, '-m', 'apache_beam_dynamo.processes.reaper'],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The per-machine stack supervisor: ``python -m apache_beam_dynamo.supervisor``.
+"""The per-machine stack supervisor: ``python -m apache_beam_dynamo.runtime.supervisor``.
 
 The first SDK process that needs a stack starts this program (in a session
 of its own) and writes ``{"address": socket, "config": StackConfig JSON}``
@@ -15,33 +15,31 @@ Only light stdlib-based modules are imported here: this program is on the
 critical path of the stack's startup.
 """
 
-import collections
 import json
 import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from typing import Callable, Optional
 
-from apache_beam_dynamo import protocol
-from apache_beam_dynamo.config import StackConfig
-from apache_beam_dynamo.errors import ComponentFailure
-from apache_beam_dynamo.ports import NoFreePortError
-from apache_beam_dynamo.protocol import StackState
-from apache_beam_dynamo.stack import Stack, build_stack, port_conflict
+from apache_beam_dynamo.runtime import protocol
+from apache_beam_dynamo.config.stack import StackConfig
 
-_LOGGER = logging.getLogger('apache_beam_dynamo.supervisor')
+from apache_beam_dynamo.errors import ComponentFailure, NoFreePortError
+from apache_beam_dynamo.runtime.lease_server import LeaseServer, ForwardToLeases
+from apache_beam_dynamo.runtime.protocol import StackState
+from apache_beam_dynamo.runtime.restart_policy import RestartBudget
+from apache_beam_dynamo.serving.components import port_conflict
+from apache_beam_dynamo.serving.stacks import Stack, build_stack
+
+_LOGGER = logging.getLogger('apache_beam_dynamo.runtime.supervisor')
 
 # A supervisor nobody connects to (its starter died first) gives up after this.
 FIRST_LEASE_TIMEOUT_S = 60.0
-# SIGTERM-to-SIGKILL delay when the last lease holder died without releasing.
-ABANDONED_GRACE_S = 1.0
 _PORT_CONFLICT_RETRIES = 3
-_MAX_BACKOFF_S = 30.0
 
 
 class _Cancelled(Exception):
@@ -67,7 +65,7 @@ class Supervisor:
     self._stopped = threading.Event()
     self._checks_lock = threading.Lock()
     self._pending_checks: list[threading.Event] = []
-    self._restart_times: collections.deque[float] = collections.deque()
+    self._budget = RestartBudget(config.max_restarts, config.restart_window_s)
     self._stop_grace_s: Optional[float] = None
     self._state = StackState(protocol.STARTING, supervisor_pid=os.getpid())
     self._thread = threading.Thread(
@@ -123,7 +121,7 @@ class Supervisor:
         self._wake.clear()
         if self._stopping.is_set():
           break
-        failure = self._stack.healthy()
+        failure = self._stack.first_failure()
         if failure is not None:
           self._recover(failure)
         self._finish_checks()
@@ -190,20 +188,16 @@ class Supervisor:
     detected = time.monotonic()
     first = failure.component
     while failure is not None:
-      now = time.monotonic()
-      while (self._restart_times and
-             now - self._restart_times[0] > self._config.restart_window_s):
-        self._restart_times.popleft()
-      if len(self._restart_times) >= self._config.max_restarts:
+      backoff = self._budget.spend()
+      if backoff is None:
         raise ComponentFailure(
             failure.component,
-            f'{failure.reason}; giving up after {len(self._restart_times)} '
+            f'{failure.reason}; giving up after {self._budget.used} '
             f'restarts in {self._config.restart_window_s:.0f} s',
             exit_code=failure.exit_code,
             log_tail=failure.log_tail,
             remedy='See the log below; raise max_restarts if failures are '
             'expected.')
-      self._restart_times.append(now)
       _LOGGER.warning(
           'Restarting %s (restart %d): %s',
           failure.component,
@@ -217,7 +211,6 @@ class Supervisor:
           last_failure=first,
           error=str(failure))
       self._finish_checks()
-      backoff = min(2.0**(len(self._restart_times) - 1), _MAX_BACKOFF_S)
       if self._stopping.wait(backoff):
         raise _Cancelled()
       try:
@@ -241,139 +234,6 @@ class Supervisor:
         recovery_s, self._state.generation)
 
 
-class _Lease:
-  def __init__(self, conn: socket.socket, pid: int):
-    self.conn = conn
-    self.pid = pid
-    self.lock = threading.Lock()
-
-  def send(self, message: dict) -> bool:
-    try:
-      with self.lock:
-        self.conn.sendall(protocol.encode(message))
-      return True
-    except OSError:
-      return False
-
-
-class LeaseServer:
-  """Accepts leases, fans out state and logs, and says when all are gone.
-
-  Child log lines and the supervisor's own log records go to one lease (the
-  oldest), whose process logs them: on Dataflow only SDK processes' logs
-  reach Cloud Logging.
-  """
-  def __init__(self, listener: socket.socket):
-    self._listener = listener
-    self._lock = threading.Lock()
-    self._leases: list[_Lease] = []
-    self._closing = False
-    self._first_lease = threading.Event()
-    self.unused = threading.Event()
-    self._log_backlog: collections.deque[dict] = collections.deque(maxlen=500)
-    self.supervisor: Optional[Supervisor] = None
-
-  # -- outgoing --------------------------------------------------------------
-
-  def publish_state(self, state: StackState) -> None:
-    message = protocol.state_message(state)
-    with self._lock:
-      leases = list(self._leases)
-    for lease in leases:
-      lease.send(message)
-
-  def publish_log(self, logger: str, level: int, text: str) -> None:
-    message = {'type': 'log', 'logger': logger, 'level': level, 'message': text}
-    with self._lock:
-      sink = self._leases[0] if self._leases else None
-      if sink is None:
-        self._log_backlog.append(message)
-        return
-    if not sink.send(message):
-      with self._lock:
-        self._log_backlog.append(message)
-
-  # -- incoming --------------------------------------------------------------
-
-  def serve(self) -> None:
-    threading.Thread(target=self._accept, name='abd-accept', daemon=True).start()
-
-  def _accept(self) -> None:
-    while True:
-      try:
-        conn, _ = self._listener.accept()
-      except OSError:
-        return
-      pid, uid, _ = struct.unpack(
-          '3i', conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-      if uid != os.getuid():
-        conn.close()
-        continue
-      lease = _Lease(conn, pid)
-      threading.Thread(
-          target=self._serve_lease, args=(lease, ), daemon=True).start()
-
-  def _serve_lease(self, lease: _Lease) -> None:
-    with self._lock:
-      if self._closing:
-        lease.send(protocol.state_message(StackState(protocol.STOPPED)))
-        lease.conn.close()
-        return
-      self._leases.append(lease)
-      self._first_lease.set()
-      backlog = list(self._log_backlog) if len(self._leases) == 1 else []
-      self._log_backlog.clear()
-      lease.send(protocol.state_message(self.supervisor.state))
-      for message in backlog:
-        lease.send(message)
-    released = False
-    try:
-      for message in protocol.read_messages(lease.conn):
-        if message.get('op') == 'check':
-          self.supervisor.check_now(timeout_s=30.0)
-          lease.send({'type': 'checked', 'id': message.get('id')})
-        elif message.get('op') == 'release':
-          released = True
-          break
-    except (OSError, ValueError):
-      pass
-    self._drop(lease, abandoned=not released)
-
-  def _drop(self, lease: _Lease, abandoned: bool) -> None:
-    """Ends a lease; the last one stops the stack before its holder hears
-    back, so a holder that waits knows the stack is down. A lease whose
-    holder died (no release) stops it with a short grace: nobody is left to
-    serve, and the stack must not outlive its owner by much."""
-    with self._lock:
-      if lease in self._leases:
-        self._leases.remove(lease)
-      last = not self._leases and not self._closing
-      if last:
-        self._closing = True
-        self._listener.close()  # newcomers start a fresh supervisor
-    if last:
-      self.supervisor.stop(ABANDONED_GRACE_S if abandoned else None)
-      lease.send(protocol.state_message(self.supervisor.state))
-      self.unused.set()
-    else:
-      lease.send({'type': 'released'})
-    lease.conn.close()
-
-  def wait_until_unused(self, first_lease_timeout_s: float) -> None:
-    """Returns once every lease is gone (or none came in time)."""
-    if self._first_lease.wait(first_lease_timeout_s):
-      self.unused.wait()
-
-
-class _ForwardToLeases(logging.Handler):
-  def __init__(self, server: LeaseServer):
-    super().__init__()
-    self._server = server
-
-  def emit(self, record: logging.LogRecord) -> None:
-    self._server.publish_log(record.name, record.levelno, self.format(record))
-
-
 def main() -> int:
   request = json.loads(sys.stdin.read())
   config = StackConfig.from_json(request['config'])
@@ -387,7 +247,7 @@ def main() -> int:
   server = LeaseServer(listener)
   root = logging.getLogger()
   root.setLevel(logging.INFO)
-  root.addHandler(_ForwardToLeases(server))
+  root.addHandler(ForwardToLeases(server))
 
   def forward_child_line(component: str, level: int, line: str) -> None:
     server.publish_log(f'apache_beam_dynamo.{component}', level, line)

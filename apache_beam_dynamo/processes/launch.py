@@ -1,7 +1,7 @@
 """A child program as data: its component name, argv and full environment.
 
-Built only by :mod:`apache_beam_dynamo.commands`; run by
-:class:`apache_beam_dynamo.process.ManagedProcess`.
+Built only by :mod:`apache_beam_dynamo.serving.commands`; run by
+:class:`apache_beam_dynamo.processes.process.ManagedProcess`.
 """
 
 import dataclasses

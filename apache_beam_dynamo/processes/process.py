@@ -18,7 +18,7 @@ import time
 from typing import Callable, Optional
 
 from apache_beam_dynamo.errors import ComponentFailure
-from apache_beam_dynamo.launch import Launch
+from apache_beam_dynamo.processes.launch import Launch
 
 LineSink = Callable[[str, int, str], None]  # component, logging level, line
 
@@ -69,7 +69,6 @@ class ManagedProcess:
   """A started child in its own process group, with its log tail."""
   def __init__(
       self, launch: Launch, on_line: LineSink, *, tail_lines: int = 60):
-    self.launch = launch
     self.component = launch.component
     self._on_line = on_line
     self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)

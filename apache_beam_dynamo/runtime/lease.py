@@ -1,46 +1,38 @@
 """The handler's view of the machine's stack: a lease held by this process.
 
-``SharedStack`` connects to the stack supervisor for its config, starting the
-supervisor if none runs yet, and mirrors the supervisor's state. The
-process-wide registry gives every handler copy of a config the same
-``SharedStack`` and holds its lease while any of those copies is alive, so
-the stack stops when the last pipeline using it, in every process of the
-machine, is gone.
+``Lease`` connects to the stack supervisor for its config, starting the
+supervisor if none runs yet, and mirrors the supervisor's state. It is what
+``load_model`` returns. The process's registry (registry.py) gives every
+handler copy of a config the same ``Lease``, so the stack stops when the
+last pipeline using it, in every process of the machine, is gone.
 """
 
-import atexit
-import gc
 import itertools
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import weakref
 from typing import Callable, Optional
 
-from apache_beam_dynamo import protocol
-from apache_beam_dynamo.config import StackConfig
-from apache_beam_dynamo.errors import (
-    DynamoHandlerError, StackStartupError, StackUnavailableError)
-from apache_beam_dynamo.protocol import StackState
+from apache_beam_dynamo.runtime import protocol
+from apache_beam_dynamo.config.stack import StackConfig
+from apache_beam_dynamo.errors import StackStartupError, StackUnavailableError
+from apache_beam_dynamo.runtime.protocol import StackState
 
 _LOGGER = logging.getLogger(__name__)
 
 SUPERVISOR_START_TIMEOUT_S = 60.0
-# A stack unused this long makes the registry check whether its holders are
-# only kept alive by garbage cycles (see _Registry).
-IDLE_CHECK_S = 3.0
 # How much longer a user waits than the supervisor's own startup deadline.
 _WAIT_MARGIN_S = 60.0
 
 
-class SharedStack:
-  """A lease on the stack for one config: start, wait_ready, healthy, stop."""
+class Lease:
+  """A lease on the stack for one config: start, wait_ready, check, stop;
+  its ``state`` mirrors the supervisor's."""
   def __init__(self, config: StackConfig, address: str):
     self.config = config
     self.address = address
@@ -93,12 +85,6 @@ class SharedStack:
           self._cond.wait(min(left, 1.0))
           continue
       self._reconnect()
-
-  def healthy(self) -> bool:
-    with self._cond:
-      return (
-          self._sock is not None and self._state is not None and
-          self._state.phase == protocol.READY)
 
   @property
   def state(self) -> Optional[StackState]:
@@ -210,7 +196,7 @@ class SharedStack:
   def _spawn_supervisor(self):
     stderr = tempfile.TemporaryFile()
     spawned = subprocess.Popen(
-        [sys.executable, '-m', 'apache_beam_dynamo.supervisor'],
+        [sys.executable, '-m', 'apache_beam_dynamo.runtime.supervisor'],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -273,114 +259,3 @@ class SharedStack:
       self._cond.notify_all()
     for event in list(self._checks.values()):
       event.set()
-
-
-class _Registry:
-  """This process's SharedStacks, each leased while a holder object lives.
-
-  Holders are the handler copies in Beam's DoFns. When the last holder of a
-  stack is gone the lease is kept ``keep_alive_s`` longer, so a pipeline
-  that starts right after the previous one reuses the stack.
-
-  Beam keeps a finished pipeline's DoFns in reference cycles, which only the
-  cyclic garbage collector frees, and that may not run for a long time in an
-  idle process. So while a stack is idle the registry runs a collection
-  every IDLE_CHECK_S: if the holders were garbage, the stack stops a few
-  seconds after the pipeline ended; if they are alive, nothing changes.
-  """
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._reset()
-    atexit.register(self.close_all)
-
-  def _reset(self) -> None:
-    self._pid = os.getpid()
-    self._stacks: dict[str, SharedStack] = {}
-    self._holders: dict[str, int] = {}
-    self._expiries: dict[str, threading.Timer] = {}
-    self._registered: 'weakref.WeakKeyDictionary[object, set[str]]' = (
-        weakref.WeakKeyDictionary())
-    self._janitor: Optional[threading.Thread] = None
-
-  def _watch_idle_stacks(self) -> None:
-    while True:
-      time.sleep(IDLE_CHECK_S)
-      with self._lock:
-        if not self._holders or os.getpid() != self._pid:
-          self._janitor = None
-          return
-        idle = any(
-            time.monotonic() - self._stacks[fp].last_used > IDLE_CHECK_S
-            for fp in self._holders)
-      if idle:
-        gc.collect()
-
-  def acquire(self, config: StackConfig, holder: object) -> SharedStack:
-    """The started SharedStack for ``config``, leased while ``holder`` lives.
-
-    Stacks are keyed by their supervisor's address: the config's
-    fingerprint within this process's sharing scope.
-    """
-    address = protocol.socket_address(
-        config.fingerprint(), protocol.sharing_scope(os.environ))
-    with self._lock:
-      if os.getpid() != self._pid:  # forked: the parent's leases aren't ours
-        self._reset()
-      stack = self._stacks.get(address)
-      if stack is None:
-        stack = self._stacks[address] = SharedStack(config, address)
-      addresses = self._registered.setdefault(holder, set())
-      if address not in addresses:
-        addresses.add(address)
-        self._holders[address] = self._holders.get(address, 0) + 1
-        expiry = self._expiries.pop(address, None)
-        if expiry is not None:
-          expiry.cancel()
-        release = weakref.finalize(holder, self._release, address)
-        release.atexit = False  # close_all handles interpreter exit
-      if self._janitor is None:
-        self._janitor = threading.Thread(
-            target=self._watch_idle_stacks, name='abd-idle', daemon=True)
-        self._janitor.start()
-    stack.start()
-    return stack
-
-  def _release(self, address: str) -> None:
-    with self._lock:
-      self._holders[address] -= 1
-      if self._holders[address] > 0:
-        return
-      keep_alive_s = self._stacks[address].config.keep_alive_s
-      expiry = threading.Timer(keep_alive_s, self._expire, (address, ))
-      expiry.daemon = True
-      self._expiries[address] = expiry
-    expiry.start()
-
-  def _expire(self, address: str) -> None:
-    with self._lock:
-      if self._holders.get(address, 0) > 0:
-        return
-      self._holders.pop(address, None)
-      self._expiries.pop(address, None)
-      stack = self._stacks.pop(address, None)
-    if stack is not None:
-      stack.stop()
-
-  def close_all(self) -> None:
-    """At interpreter exit: release every lease and wait for stacks this
-    process was the last user of to be down, so none outlives the program."""
-    with self._lock:
-      if os.getpid() != self._pid:
-        return
-      stacks = list(self._stacks.values())
-      for expiry in self._expiries.values():
-        expiry.cancel()
-      self._stacks, self._holders, self._expiries = {}, {}, {}
-    for stack in stacks:
-      try:
-        stack.stop(wait=True)
-      except DynamoHandlerError:
-        pass
-
-
-registry = _Registry()

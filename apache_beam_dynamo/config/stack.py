@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from apache_beam_dynamo.config.topology import engine_groups
 from apache_beam_dynamo.errors import ConfigError
 
 ENGINES = ('vllm', 'mocker')
@@ -284,7 +285,6 @@ class StackConfig:
             'num_engines > 1 needs use_dynamo=True: vLLM\'s own server runs '
             'one engine (use tensor_parallel_size to span GPUs).')
     if self.gpus is not None:
-      from apache_beam_dynamo.gpu import engine_groups
       try:
         engine_groups(self.gpus, self.tensor_parallel_size, self.num_engines)
       except ValueError as e:

@@ -6,7 +6,7 @@ that runs ``run_inference`` (never from the client's event loop thread).
 
 from apache_beam.metrics.metric import Metrics
 
-from apache_beam_dynamo.client import BatchStats
+from apache_beam_dynamo.client.shared import BatchStats
 
 NAMESPACE = 'BeamML_Dynamo'
 

@@ -11,15 +11,11 @@ import os
 import random
 import socket
 
-from apache_beam_dynamo.errors import DynamoHandlerError
+from apache_beam_dynamo.errors import DynamoHandlerError, NoFreePortError
 
 PORT_RANGE_ENV = 'APACHE_BEAM_DYNAMO_PORT_RANGE'
 _DEFAULT_RANGE = (20000, 32767)
 _MAX_PROBES = 400
-
-
-class NoFreePortError(DynamoHandlerError):
-  pass
 
 
 def port_range() -> tuple[int, int]:

@@ -1,0 +1,188 @@
+"""The runtime's policy pieces without a stack: the restart budget, the
+supervisor's lease server (over a real Unix socket, with a stand-in
+supervisor) and the process's lease registry (with stand-in leases)."""
+
+import gc
+import socket
+import threading
+import uuid
+
+import pytest
+
+from apache_beam_dynamo.runtime import protocol
+from apache_beam_dynamo.runtime.lease_server import (
+    ABANDONED_GRACE_S, LeaseServer)
+from apache_beam_dynamo.runtime.protocol import StackState
+from apache_beam_dynamo.runtime.registry import _Registry
+from apache_beam_dynamo.runtime.restart_policy import (
+    MAX_BACKOFF_S, RestartBudget)
+
+from conftest import Holder, mocker_config
+
+
+class Clock:
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_restart_budget_backs_off_and_runs_out():
+  clock = Clock()
+  budget = RestartBudget(max_restarts=3, window_s=60, clock=clock)
+  assert [budget.spend(), budget.spend(), budget.spend()] == [1.0, 2.0, 4.0]
+  assert budget.spend() is None and budget.used == 3
+
+
+def test_restart_budget_forgets_restarts_outside_its_window():
+  clock = Clock()
+  budget = RestartBudget(max_restarts=2, window_s=60, clock=clock)
+  budget.spend()
+  clock.now += 30
+  budget.spend()
+  assert budget.spend() is None
+  clock.now += 31  # the first restart left the window
+  assert budget.used == 1 and budget.spend() == 2.0
+
+
+def test_restart_backoff_is_capped():
+  budget = RestartBudget(max_restarts=20, window_s=60, clock=Clock())
+  delays = [budget.spend() for _ in range(10)]
+  assert delays[-1] == MAX_BACKOFF_S and max(delays) == MAX_BACKOFF_S
+
+
+def test_no_restarts_allowed():
+  assert RestartBudget(max_restarts=0, window_s=60).spend() is None
+
+
+class FakeSupervisor:
+  def __init__(self):
+    self.state = StackState(protocol.READY, base_url='http://127.0.0.1:1')
+    self.stopped_with = []
+    self.checks = 0
+
+  def check_now(self, timeout_s):
+    self.checks += 1
+
+  def stop(self, grace_s=None):
+    self.stopped_with.append(grace_s)
+    self.state = StackState(protocol.STOPPED)
+
+
+@pytest.fixture
+def lease_server():
+  address = f'\0abd-test-{uuid.uuid4().hex}'
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(address)
+  listener.listen(8)
+  server = LeaseServer(listener)
+  server.supervisor = FakeSupervisor()
+  server.serve()
+  yield server, address
+  listener.close()
+
+
+class Client:
+  """A lease holder speaking the protocol."""
+  def __init__(self, address):
+    self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    self.sock.settimeout(10)
+    self.sock.connect(address)
+    self.messages = protocol.read_messages(self.sock)
+
+  def send(self, message):
+    self.sock.sendall(protocol.encode(message))
+
+  def next(self):
+    return next(self.messages)
+
+  def close(self):
+    self.messages.close()  # its file object holds the socket open
+    self.sock.close()
+
+
+def test_a_lease_gets_the_state_then_the_logs_kept_for_it(lease_server):
+  server, address = lease_server
+  server.publish_log('apache_beam_dynamo.engine', 20, 'before anyone came')
+  client = Client(address)
+  assert client.next()['phase'] == protocol.READY
+  assert client.next()['message'] == 'before anyone came'
+  server.publish_state(StackState(protocol.RECOVERING, restarts=1))
+  assert client.next() == protocol.state_message(
+      StackState(protocol.RECOVERING, restarts=1))
+  client.send({'op': 'check', 'id': 7})
+  assert client.next() == {'type': 'checked', 'id': 7}
+  assert server.supervisor.checks == 1
+  client.send({'op': 'release'})
+  assert client.next()['phase'] == protocol.STOPPED
+  assert server.supervisor.stopped_with == [None]
+  assert server.unused.wait(10)
+  client.close()
+
+
+def test_the_last_release_stops_the_stack_and_earlier_ones_do_not(lease_server):
+  server, address = lease_server
+  first, second = Client(address), Client(address)
+  first.next(), second.next()
+  first.send({'op': 'release'})
+  assert first.next() == {'type': 'released'}
+  assert server.supervisor.stopped_with == [] and not server.unused.is_set()
+  second.send({'op': 'release'})
+  assert second.next()['phase'] == protocol.STOPPED
+  assert server.supervisor.stopped_with == [None]  # the config's own grace
+  assert server.unused.wait(10)
+  first.close(), second.close()
+
+
+def test_a_holder_that_dies_stops_the_stack_with_a_short_grace(lease_server):
+  server, address = lease_server
+  client = Client(address)
+  client.next()
+  client.close()  # no release: the holder died
+  assert server.unused.wait(10)
+  assert server.supervisor.stopped_with == [ABANDONED_GRACE_S]
+
+
+class FakeLease:
+  def __init__(self, config, address):
+    self.config, self.address = config, address
+    self.started = self.stopped = 0
+    self.stopped_event = threading.Event()
+
+  def start(self):
+    self.started += 1
+
+  def stop(self, *, wait=False):
+    self.stopped += 1
+    self.stopped_event.set()
+
+
+def test_registry_shares_one_lease_per_config_and_releases_it_with_the_last_holder():
+  registry = _Registry(lease_factory=FakeLease)
+  config = mocker_config(keep_alive_s=0)
+  first, second = Holder(), Holder()
+  lease = registry.acquire(config, first)
+  assert registry.acquire(config, second) is lease
+  assert registry.acquire(config, first) is lease  # one holder counts once
+  other = registry.acquire(mocker_config(keep_alive_s=0, max_restarts=0), first)
+  assert other is not lease
+  del first
+  gc.collect()
+  assert lease.stopped == 0  # second still holds it
+  del second
+  gc.collect()
+  assert lease.stopped_event.wait(10) and lease.stopped == 1
+
+
+def test_registry_keeps_a_released_lease_for_keep_alive_and_reuses_it():
+  registry = _Registry(lease_factory=FakeLease)
+  config = mocker_config(keep_alive_s=600)
+  holder = Holder()
+  lease = registry.acquire(config, holder)
+  del holder
+  gc.collect()
+  again = Holder()
+  assert registry.acquire(config, again) is lease and lease.stopped == 0
+  registry.close_all()
+  assert lease.stopped == 1
