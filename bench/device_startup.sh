@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# On the lent GPU machine: start-up timeline (bench/startup_compare.py) and
+# the HTTP client comparison (bench/http_clients.py) in one call.
+#
+#   bash bench/device_startup.sh STAGE_DIR [STEPS]     # first call: stages + installs
+#   bash bench/device_startup.sh - [STEPS]             # machine still warm: no install
+#
+# STAGE_DIR is the last ../shared/gpu chunk folder (.gpu-stage-N, the others
+# staged by earlier calls). This script's folder must hold startup_compare.py,
+# startup_marks.py and http_clients.py; the package comes from its wheel in
+# the payload (/tmp/dyn/site), or from PKG_DIR when set, never from the
+# working tree (run it from another directory: python -m puts the current
+# directory first on sys.path). Results in $OUT:
+# setup.log, startup.json, <step>.log, http_clients.json.
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STAGE=${1:--}; STEPS=${2:-vllm-cold,vllm-warm,ours-cold,ours-warm}
+BUDGET_S=${BUDGET_S:-570}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+T0=$(date +%s)
+log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/setup.log"; }
+if [ "$STAGE" != - ]; then
+  bash "$STAGE/device_stage.sh" "$STAGE" >> "$OUT/setup.log" 2>&1 &&
+    bash "$STAGE/device_install.sh" >> "$OUT/setup.log" 2>&1 ||
+    { tail -40 "$OUT/setup.log"; exit 1; }
+  log installed
+fi
+DYN_HOME=/tmp/dyn
+export PYTHONPATH="${PKG_DIR:+$PKG_DIR:}$DYN_HOME/site"  # PKG_DIR: a package copy that wins over the wheel PATH="$DYN_HOME/bin:$PATH" PYTHONUNBUFFERED=1
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HOME="$DYN_HOME/hf" VLLM_USE_FLASHINFER_SAMPLER=0
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+MODEL="$DYN_HOME/model"
+if [ ! -f "$MODEL/config.json" ]; then
+  bash "$DYN_HOME/scripts/device_run.sh" model >> "$OUT/setup.log" 2>&1 ||
+    { tail -40 "$OUT/setup.log"; exit 1; }
+  log "model built"
+fi
+python3 -c "import apache_beam_dynamo, vllm, dynamo, apache_beam; print('versions', vllm.__version__, apache_beam.__version__, apache_beam_dynamo.__file__)" >> "$OUT/setup.log" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$OUT/setup.log"
+LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
+log "startup_compare: steps $STEPS, budget ${LEFT}s"
+python3 "$HERE/startup_compare.py" --model "$MODEL" --out "$OUT" --steps "$STEPS" \
+  --budget_s "$LEFT" ${STARTUP_ARGS:-} \
+  --after_ours_warm "python3 $HERE/http_clients.py --url {url} --model {model} --prompts_file /tmp/caches-prompts.json --concurrency 512 --json $OUT/http_clients.json --budget_s ${HTTP_BUDGET_S:-60} --plan ${HTTP_PLAN:-aiohttp:4:8192,lean:4:8192,aiohttp:128:4096,lean:128:4096,lean:4:8192,aiohttp:4:8192,lean:128:4096,aiohttp:128:4096}"
+log "startup_compare rc=$?"
+{ echo "== compile cache tree"; find /tmp/caches/vllm -maxdepth 4 -type d 2>/dev/null | head -40
+  du -sh /tmp/caches/* 2>/dev/null; echo "== GPU after"; nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader
+  echo "== processes left"; ps -eo pid,etime,args | grep -E 'dynamo|etcd|vllm|EngineCore|supervisor' | grep -v grep; } >> "$OUT/setup.log" 2>&1
+tail -25 "$OUT/setup.log"
