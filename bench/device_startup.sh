@@ -26,7 +26,8 @@ if [ "$STAGE" != - ]; then
   log installed
 fi
 DYN_HOME=/tmp/dyn
-export PYTHONPATH="${PKG_DIR:+$PKG_DIR:}$DYN_HOME/site"  # PKG_DIR: a package copy that wins over the wheel PATH="$DYN_HOME/bin:$PATH" PYTHONUNBUFFERED=1
+# PKG_DIR: a copy of the package that wins over the wheel
+export PYTHONPATH="${PKG_DIR:+$PKG_DIR:}$DYN_HOME/site" PATH="$DYN_HOME/bin:$PATH" PYTHONUNBUFFERED=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export HF_HOME="$DYN_HOME/hf" VLLM_USE_FLASHINFER_SAMPLER=0
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -36,7 +37,7 @@ if [ ! -f "$MODEL/config.json" ]; then
     { tail -40 "$OUT/setup.log"; exit 1; }
   log "model built"
 fi
-python3 -c "import apache_beam_dynamo, vllm, dynamo, apache_beam; print('versions', vllm.__version__, apache_beam.__version__, apache_beam_dynamo.__file__)" >> "$OUT/setup.log" 2>&1
+[ -n "${SKIP_VERSIONS:-}" ] || python3 -c "import apache_beam_dynamo, vllm, dynamo, apache_beam; print('versions', vllm.__version__, apache_beam.__version__, apache_beam_dynamo.__file__)" >> "$OUT/setup.log" 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$OUT/setup.log"
 LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
 log "startup_compare: steps $STEPS, budget ${LEFT}s"

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Pictures and tables from bench/startup_compare.py's results.
+
+    python bench/plot_gpu.py RESULTS_DIR [--out DIR] [--table]
+
+RESULTS_DIR holds one folder per device call (``startup.json`` and the
+stamped ``<step>.log`` files). Each step's timeline is re-read from its
+log with startup_compare.phases(), so milestones added later apply to old
+runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
+vLLM alone, cold and warm) and ``cumulative_tokens.png`` (output tokens
+over time since the process was spawned); ``--table`` prints the phase
+table (markdown) for docs/gpu.md. Needs matplotlib (not a dependency of
+the package: use a separate virtual environment).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import startup_compare  # pylint: disable=wrong-import-position
+
+# (milestone that ends the segment, segment label); a segment runs from the
+# previous milestone found in the run to this one.
+SEGMENTS = [
+    ('imports done', 'process start + imports (vLLM / Beam + package)'),
+    ('load_model called', 'Beam pipeline setup until load_model'),
+    ('engine process seen', 'supervisor, etcd, frontend, engine launched'),
+    ('dynamo.vllm first log line', 'dynamo.vllm imports (torch, vLLM, Dynamo)'),
+    ('model resolved', 'engine args; model inspection (cold: modelinfos cache miss)'),
+    ('engine config built', 'EngineCore process start (spawn: re-imports)'),
+    ('weights: loaded', 'device init + weights'),
+    ('compile: done', 'torch.compile (bytecode transform + compile or cache load)'),
+    ('KV cache: allocated', 'profiling run + KV cache'),
+    ('CUDA graphs captured', 'CUDA graph capture'),
+    ('kernel warm-up done', 'kernel warm-up (Triton JIT)'),
+    ('engine core ready', 'engine core ready'),
+    ('engine client ready', 'engine client ready'),
+    ('ready (warm-up done)', 'registration, model listed, warm-up request'),
+    ('first result', 'first batch (ours) / first request done (vLLM)'),
+]
+COLORS = {
+    label: color for (_, label), color in zip(SEGMENTS, [
+        '#9e9e9e', '#bcaaa4', '#ffcc80', '#ef9a9a', '#ce93d8', '#e53935',
+        '#90caf9', '#1e88e5', '#80cbc4', '#43a047', '#fdd835', '#6d4c41',
+        '#455a64', '#ff7043', '#000000'])
+}
+RUNS = [  # (folder, step, label)
+    ('call1', 'vllm-cold', 'vLLM alone, cold'),
+    ('call2', 'ours-cold', 'ours, cold'),
+    ('call4-fork', 'ours-cold', 'ours + fork_engine, cold*'),
+    ('call1', 'vllm-warm', 'vLLM alone, warm'),
+    ('call2', 'ours-warm', 'ours, warm'),
+]
+
+
+def read_log(path: str) -> list[tuple[float, str]]:
+  lines = []
+  with open(path, errors='replace') as f:
+    for raw in f:
+      head, _, rest = raw.rstrip('\n').lstrip().partition(' ')
+      try:
+        lines.append((float(head), rest))
+      except ValueError:
+        continue
+  return lines
+
+
+def timeline(results: str, folder: str, step: str) -> dict:
+  path = os.path.join(results, folder, f'{step}.log')
+  if not os.path.exists(path):
+    return {}
+  phases = startup_compare.phases(read_log(path))
+  points = cumulative(results, folder, step)
+  if step.startswith('vllm') and points:
+    # runs before 2026-12-01 15:00 marked the first "request" from the
+    # adding-requests bar: use the first request that finished
+    phases['first result'] = round(points[0][0], 3)
+  return phases
+
+
+def segments(phases: dict) -> list[tuple[str, float, float]]:
+  """(label, start, end) of each phase found, in order."""
+  out, last = [], 0.0
+  for milestone, label in SEGMENTS:
+    if milestone in phases and phases[milestone] >= last:
+      out.append((label, last, phases[milestone]))
+      last = phases[milestone]
+  return out
+
+
+def plot_timeline(results: str, out: str) -> str:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(13, 6.5))
+  used = {}
+  for row, (folder, step, label) in enumerate(RUNS):
+    for name, start, end in segments(timeline(results, folder, step)):
+      used[name] = ax.barh(row, end - start, left=start, color=COLORS[name],
+                           edgecolor='white', linewidth=0.5)
+  ax.set_yticks(range(len(RUNS)), [r[2] for r in RUNS])
+  ax.invert_yaxis()
+  ax.set_xlabel('seconds since the process was spawned')
+  ax.set_title('Start-up per phase on one H200 (vLLM 0.26, ai-dynamo 1.4.2): '
+               'until the first result')
+  ax.grid(axis='x', alpha=0.3)
+  ax.text(0, len(RUNS) - 0.35, '* stopped at the call\'s time limit after '
+          'graph capture', fontsize=7, va='top')
+  fig.tight_layout(rect=(0, 0.2, 1, 1))
+  fig.legend(used.values(), used.keys(), fontsize=8, loc='lower center', ncol=3)
+  path = os.path.join(out, 'startup_timeline.png')
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def cumulative(results: str, folder: str, step: str) -> list[tuple[float, int]]:
+  with open(os.path.join(results, folder, 'startup.json')) as f:
+    numbers = json.load(f)['steps'].get(step, {})
+  points = []
+  if 'finished' in numbers:
+    # the offline engine's progress bar: one update per finished request
+    # (n == 1); the updates before them (n > 1) count requests being added
+    per_request = numbers['tokens'] / numbers['results']
+    done = [t for t, n in numbers['finished'] if n == 1]
+    points = [(t, (i + 1) * per_request) for i, t in enumerate(sorted(done))]
+  elif 'results_t' in numbers:
+    total = 0
+    for t, tokens in sorted(numbers['results_t']):
+      total += tokens
+      points.append((t, total))
+  return points
+
+
+def plot_tokens(results: str, out: str) -> str:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(9, 5))
+  for folder, step, label, style in [
+      ('call1', 'vllm-warm', 'vLLM offline LLM.generate, warm', '-'),
+      ('call2', 'ours-warm', 'ours (use_dynamo=True, DirectRunner), warm', '-'),
+      ('call1', 'vllm-cold', 'vLLM offline, cold (1,024 prompts)', ':'),
+      ('call2', 'ours-cold', 'ours, cold (1,024 prompts)', ':'),
+  ]:
+    points = cumulative(results, folder, step)
+    if points:
+      xs = [0.0] + [p[0] for p in points]
+      ys = [0.0] + [p[1] / 1e6 for p in points]
+      ax.step(xs, ys, where='post', linestyle=style, label=label)
+  ax.set_xlabel('seconds since the process was spawned')
+  ax.set_ylabel('output tokens (millions)')
+  ax.set_title('12,288 prompts, ~128 tokens in, 128 out, one H200')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(out, 'cumulative_tokens.png')
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def table(results: str) -> str:
+  rows = [(label, segments(timeline(results, folder, step)))
+          for folder, step, label in RUNS]
+  names = [label for _, label in SEGMENTS]
+  lines = ['| phase | ' + ' | '.join(label for label, _ in rows) + ' |',
+           '| --- |' + ' ---: |' * len(rows)]
+  for name in names:
+    cells = []
+    for _, segs in rows:
+      found = [end - start for label, start, end in segs if label == name]
+      cells.append(f'{found[0]:.1f}' if found else '')
+    if any(cells):
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  ends = [f'**{segs[-1][2]:.1f}**' if segs else '' for _, segs in rows]
+  lines.append('| **until the last phase shown** | ' + ' | '.join(ends) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('results')
+  parser.add_argument('--out', default=None)
+  parser.add_argument('--table', action='store_true')
+  args = parser.parse_args(argv)
+  if args.table:
+    print(table(args.results))
+    return
+  out = args.out or args.results
+  print(plot_timeline(args.results, out))
+  print(plot_tokens(args.results, out))
+
+
+if __name__ == '__main__':
+  main()
