@@ -32,7 +32,10 @@ import urllib.parse
 
 
 async def _run_lean(url: str, bodies: list[bytes], concurrency: int):
-  from apache_beam_dynamo.transport import ConnectionPool
+  try:
+    from apache_beam_dynamo.client.transport import ConnectionPool
+  except ImportError:  # the flat layout before issue 14's refactor
+    from apache_beam_dynamo.transport import ConnectionPool
   parsed = urllib.parse.urlsplit(url)
   pool = ConnectionPool(parsed.hostname, parsed.port, size=concurrency)
   path = parsed.path

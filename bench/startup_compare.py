@@ -281,7 +281,7 @@ def child_ours(args, prompts) -> dict:
       'results_t': sorted(results),
   }
   if args.after:
-    stack = handler._lease()  # pylint: disable=protected-access
+    stack = handler.load_model()  # a lease on the same, still running stack
     state = stack.wait_ready()
     command = args.after.format(url=state.base_url, model=state.model)
     mark('after_command', command=command)
