@@ -42,6 +42,7 @@ STACK_PROCESS_MARKERS = (
     'dynamo.vllm',
     'vllm.entrypoints.openai.api_server',
     'etcdbin/etcd',
+    'VLLM::EngineCore',  # vLLM's engine process renames itself
 )
 RUN_DIR_PREFIX = 'apache-beam-dynamo-'
 # Mocker settings for fast tests: no simulated engine time.
