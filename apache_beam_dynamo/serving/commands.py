@@ -184,7 +184,12 @@ def engine_launch(
     env.update(config.engine_env)
     return Launch.of(
         engine_name(index, len(placement.system_ports)), argv, env)
-  argv = [sys.executable, '-m', 'dynamo.vllm', '--model', config.model]
+  # dynamo.vllm through fork_engine: its EngineCore is forked, not spawned
+  # (saves a second import of torch and vLLM at every start).
+  argv = [
+      sys.executable, '-m', 'apache_beam_dynamo.serving.fork_engine',
+      'dynamo.vllm', '--model', config.model
+  ]
   if config.chat_template:
     argv += ['--custom-jinja-template', placement.chat_template_file]
   kv_events = (

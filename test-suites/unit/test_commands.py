@@ -83,7 +83,8 @@ def test_dynamo_vllm_engine_command_and_environment():
       chat_template='{{ x }}')
   launch = commands.engine_launch(config, PLACEMENT, PARENT)
   argv, env = launch.argv, launch.environ
-  assert argv[:3] == (sys.executable, '-m', 'dynamo.vllm')
+  assert argv[:4] == (sys.executable, '-m',
+                      'apache_beam_dynamo.serving.fork_engine', 'dynamo.vllm')
   assert _flag(argv, '--model') == 'Qwen/Qwen3-0.6B'
   assert _flag(argv, '--served-model-name') == 'qwen'
   assert _flag(argv, '--dtype') == 'half'
