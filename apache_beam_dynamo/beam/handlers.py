@@ -53,7 +53,7 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
   """Shared machinery; subclasses say how an element becomes a request."""
   _ROUTE: str
   _ACCEPTED_ARGS: Mapping[str, tuple]
-  _encode: Callable[[Any, str, Mapping[str, Any]], bytes]
+  _encode: Callable[..., bytes]
   _parse: Callable[[bytes], Any]
 
   def __init__(self, arguments: Mapping[str, Any]):
@@ -91,12 +91,15 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
     # This handler copy holds the lease too, as long as it runs batches.
     lease = registry.hold(model, holder=self)
     served_name = self._settings.stack.served_model_name
+    use_dynamo = self._settings.stack.use_dynamo
     args = inference_args or {}
     outcomes: list[Any] = [None] * len(batch)
     bodies: list[Optional[bytes]] = []
     for index, element in enumerate(batch):
       try:
-        bodies.append(self._encode(element, served_name, args))
+        bodies.append(self._encode(
+            element, served_name, args, accepted=self._ACCEPTED_ARGS,
+            use_dynamo=use_dynamo))
       except InvalidElementError as e:
         bodies.append(None)
         outcomes[index] = e
@@ -203,6 +206,11 @@ class VLLMCompletionsModelHandler(_StackModelHandler):
       failed_elements: str = 'dead_letter'):
     """RunInference handler for text prompts (OpenAI completions).
 
+    Elements are prompt strings, or dicts with ``"prompt"`` and any request
+    parameters of their own, which override ``inference_args``
+    (``{'prompt': 'Hi', 'max_tokens': 8, 'guided_json': {...}}``). An
+    unknown or wrongly typed key fails that element alone.
+
     Example::
 
       prompts | RunInference(VLLMCompletionsModelHandler(
@@ -272,7 +280,9 @@ class VLLMChatModelHandler(_StackModelHandler):
     """RunInference handler for conversations (OpenAI chat completions).
 
     Elements are sequences of ``OpenAIChatMessage`` (apache-beam's class or
-    ``{'role': ..., 'content': ...}`` dicts work too).
+    ``{'role': ..., 'content': ...}`` dicts work too), or dicts with
+    ``"messages"`` and any request parameters of their own, which override
+    ``inference_args`` (``{'messages': [...], 'max_tokens': 8}``).
 
     Args:
       model_name: as for VLLMCompletionsModelHandler.

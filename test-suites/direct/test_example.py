@@ -83,3 +83,36 @@ def test_mocker_without_dynamo_is_a_clear_error(tmp_path):
                          str(tmp_path / 'o.jsonl'))
   assert finished.returncode != 0
   assert 'needs use_dynamo=True' in finished.stderr
+
+
+@pytest.mark.parametrize('chat', [False, True])
+def test_jsonl_records_carry_their_own_request_parameters(tmp_path, chat,
+                                                          no_leftovers):
+  records = [
+      {'prompt': 'a', 'max_tokens': 2},
+      {'prompt': 'b'},
+      {'prompt': 'c', 'max_tokens': 7, 'temperature': 0},
+      {'prompt': 'd', 'max_tokenz': 3},
+      {'prompt': 'e', 'max_tokens': '3'},
+  ]
+  path = tmp_path / 'rows.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  output = str(tmp_path / 'out' / 'results.jsonl')
+  finished = run_example(
+      '--use_dynamo', '--engine', 'mocker', '--input', str(path), '--output',
+      output, '--max_tokens', '5', *(['--chat'] if chat else []))
+  assert finished.returncode == 0, finished.stderr[-3000:]
+
+  def prompt(record):
+    given = record['input']
+    return given if isinstance(given, str) else given[-1]['content']
+
+  tokens = {prompt(r): r['completion_tokens'] for r in read_jsonl(output)}
+  assert tokens == {'a': 2, 'b': 5, 'c': 7}
+  dead = {prompt(d): d for d in read_jsonl(output + '.dead_letter')}
+  assert sorted(dead) == ['d', 'e']
+  assert dead['d']['stage'] == 'request'
+  assert "'max_tokenz'" in dead['d']['error']
+  assert dead['d']['parameters'] == {'max_tokenz': 3}
+  assert "element['max_tokens'] must be int" in dead['e']['error']
+  assert '3 results, 2 failed' in finished.stdout
