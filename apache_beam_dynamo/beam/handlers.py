@@ -111,7 +111,9 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
         outcomes[index] = sent[index]
     if self._metrics is None:
       self._metrics = HandlerMetrics()
-    self._metrics.record(stats, outcomes, lease.state.restarts)
+    state = lease.state
+    self._metrics.record(stats, outcomes, state.restarts)
+    self._metrics.record_stack(state.metrics)
     if self._settings.failed_elements == 'raise':
       for outcome in outcomes:
         if isinstance(outcome, Exception):
