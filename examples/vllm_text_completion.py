@@ -138,6 +138,14 @@ def parse_known_args(argv):
       default='round-robin',
       help='How the Dynamo frontend spreads requests over engines.')
   parser.add_argument(
+      '--log_level',
+      choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
+      default='WARNING',
+      help='Log level. Default WARNING: warnings and errors (the stack\'s '
+      'with the component\'s name), plus a progress line every 15 s on long '
+      "runs. INFO adds Beam's; DEBUG adds every line etcd, the frontend and "
+      'the engines print.')
+  parser.add_argument(
       '--engine_arg',
       action='append',
       default=[],
@@ -319,8 +327,17 @@ def _counter(result, namespace: str, name: str) -> int:
   return sum(c.committed or 0 for c in query['counters'])
 
 
+def configure_logging(level: str) -> None:
+  """Warnings, errors and the progress line by default; more on request."""
+  logging.basicConfig(
+      level=level, format='%(levelname)s %(name)s: %(message)s', force=True)
+  logging.getLogger('apache_beam_dynamo.progress').setLevel(
+      min(logging.INFO, logging.getLevelName(level)))
+
+
 def run(argv=None, save_main_session=True):
   known_args, pipeline_args = parse_known_args(argv)
+  configure_logging(known_args.log_level)
   options = PipelineOptions(pipeline_args)
   options.view_as(SetupOptions).save_main_session = save_main_session
   handler = build_handler(known_args)
@@ -344,5 +361,4 @@ def run(argv=None, save_main_session=True):
 
 
 if __name__ == '__main__':
-  logging.getLogger().setLevel(logging.INFO)
   run(sys.argv[1:])

@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion
 from apache_beam_dynamo.beam import requests
 from apache_beam_dynamo.beam import settings as handler_settings
 from apache_beam_dynamo.beam.metrics import NAMESPACE, HandlerMetrics
+from apache_beam_dynamo.beam.progress import PROGRESS
 from apache_beam_dynamo.beam.requests import OpenAIChatMessage
 from apache_beam_dynamo.client import shared as client
 from apache_beam_dynamo.config import chat_template
@@ -90,6 +91,7 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
     """
     # This handler copy holds the lease too, as long as it runs batches.
     lease = registry.hold(model, holder=self)
+    PROGRESS.begin()
     served_name = self._settings.stack.served_model_name
     use_dynamo = self._settings.stack.use_dynamo
     args = inference_args or {}
@@ -114,6 +116,8 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
     state = lease.state
     self._metrics.record(stats, outcomes, state.restarts)
     self._metrics.record_stack(state.metrics)
+    PROGRESS.done(
+        len(batch), sum(isinstance(o, Exception) for o in outcomes))
     if self._settings.failed_elements == 'raise':
       for outcome in outcomes:
         if isinstance(outcome, Exception):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -73,9 +74,31 @@ def test_help_documents_every_flag():
   for flag in ('--model', '--input', '--output', '--chat', '--chat_template',
                '--use_dynamo', '--engine', '--max_tokens', '--temperature',
                '--vllm_max_num_seqs', '--vllm_gpu_memory_utilization',
-               '--tensor_parallel_size', '--router_mode', '--engine_arg'):
+               '--tensor_parallel_size', '--router_mode', '--engine_arg',
+               '--log_level'):
     assert flag in finished.stdout
   assert 'DataflowRunner' in finished.stdout
+
+
+def test_quiet_by_default_and_the_stack_at_debug_on_request(tmp_path,
+                                                           no_leftovers):
+  output = str(tmp_path / 'out' / 'results.jsonl')
+  quiet = run_example('--use_dynamo', '--engine', 'mocker', '--output', output)
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  lines = (quiet.stdout + quiet.stderr).splitlines()
+  # Where results went, the summary, warnings: no INFO chatter.
+  assert len(lines) <= 15, lines
+  assert not [line for line in lines if line.startswith(('INFO', 'DEBUG'))]
+  assert '5 results, 0 failed' in quiet.stdout
+
+  loud = run_example('--use_dynamo', '--engine', 'mocker', '--output', output,
+                     '--log_level', 'DEBUG')
+  assert loud.returncode == 0, loud.stderr[-3000:]
+  # The children's INFO lines, at DEBUG, under their component's logger.
+  for component in ('frontend', 'engine'):
+    assert re.search(
+        rf'^DEBUG apache_beam_dynamo\.{component}: .*\bINFO\b', loud.stderr,
+        re.M), component
 
 
 def test_mocker_without_dynamo_is_a_clear_error(tmp_path):
