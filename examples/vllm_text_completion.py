@@ -14,7 +14,10 @@ input file, a CPU engine, a dead-letter output and a run summary::
       --output gs://bucket/out/results.jsonl --runner DataflowRunner ...
 
 Input: a text file (or glob, on any Beam filesystem) with one prompt per
-line, or JSONL whose records hold a "prompt" string or a "messages" list.
+line, or JSONL whose records hold a "prompt" string or a "messages" list,
+and optionally request parameters of their own (``{"prompt": "Hi",
+"max_tokens": 8, "temperature": 0}``), which override the flags for that
+record; a record with an unknown or mistyped parameter is a dead letter.
 Output: JSONL, one record per input with the generated text, finish_reason
 and token counts; inputs that failed go to ``<output>.dead_letter`` with the
 reason. Every standard Beam pipeline option is accepted.
@@ -75,8 +78,9 @@ def parse_known_args(argv):
       '--input',
       default=None,
       help='Text file or glob (one prompt per line) or JSONL with "prompt" or '
-      '"messages" per record, on any Beam filesystem. Default: five built-in '
-      'examples.')
+      '"messages" per record, plus any request parameters (max_tokens, '
+      'temperature, guided_json, ...) that override the flags for that '
+      'record, on any Beam filesystem. Default: five built-in examples.')
   parser.add_argument(
       '--output',
       required=True,
@@ -134,6 +138,14 @@ def parse_known_args(argv):
       default='round-robin',
       help='How the Dynamo frontend spreads requests over engines.')
   parser.add_argument(
+      '--log_level',
+      choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
+      default='WARNING',
+      help='Log level. Default WARNING: warnings and errors (the stack\'s '
+      'with the component\'s name), plus a progress line every 15 s on long '
+      "runs. INFO adds Beam's; DEBUG adds every line etcd, the frontend and "
+      'the engines print.')
+  parser.add_argument(
       '--engine_arg',
       action='append',
       default=[],
@@ -173,25 +185,47 @@ def build_handler(known_args):
 
 
 def parse_input(line: str, chat: bool) -> Any:
-  """One input line to a prompt (str) or a conversation (messages)."""
+  """One input line to an element: a prompt (str), a conversation
+  (messages), or, for a JSON record, the record itself: its "prompt" or
+  "messages" and any request parameters it carries (they override the
+  flags for that record; the handler checks them, and a bad one sends the
+  record to the dead letters)."""
   stripped = line.strip()
   if not stripped.startswith('{'):
     return [OpenAIChatMessage('user', stripped)] if chat else stripped
   record = json.loads(stripped)
+  if not isinstance(record, dict):
+    raise ValueError('a JSON input line must be an object')
   if 'messages' in record:
     if not chat:
       raise ValueError('a "messages" record needs --chat')
-    return [OpenAIChatMessage(m['role'], m['content']) for m in record['messages']]
+    return record
   if 'prompt' in record:
-    return [OpenAIChatMessage('user', record['prompt'])] if chat else (
-        record['prompt'])
+    if not chat:
+      return record
+    fields = {k: v for k, v in record.items() if k != 'prompt'}
+    return {'messages': [{'role': 'user', 'content': record['prompt']}],
+            **fields}
   raise ValueError('a JSON record needs a "prompt" or a "messages" field')
 
 
 def describe_input(example: Any) -> Any:
-  if isinstance(example, str):
+  """The prompt (str) or the messages (list of dicts) of an element."""
+  if isinstance(example, dict):
+    example = example.get('messages', example.get('prompt'))
+  if isinstance(example, str) or not isinstance(example, list):
     return example
-  return [{'role': m.role, 'content': m.content} for m in example]
+  return [
+      m if isinstance(m, dict) else {'role': m.role, 'content': m.content}
+      for m in example
+  ]
+
+
+def describe_parameters(example: Any) -> dict:
+  """The request parameters a record carried, if any."""
+  if not isinstance(example, dict):
+    return {}
+  return {k: v for k, v in example.items() if k not in ('prompt', 'messages')}
 
 
 class FormatResult(beam.DoFn):
@@ -204,14 +238,18 @@ class FormatResult(beam.DoFn):
     text = choice.text if hasattr(choice, 'text') else choice.message.content
     usage = result.inference.usage
     self.written.inc()
-    yield json.dumps({
+    record = {
         'input': describe_input(result.example),
         'text': text or '',
         'finish_reason': choice.finish_reason,
         'prompt_tokens': usage.prompt_tokens if usage else None,
         'completion_tokens': usage.completion_tokens if usage else None,
         'model': result.model_id,
-    })
+    }
+    parameters = describe_parameters(result.example)
+    if parameters:
+      record['parameters'] = parameters
+    yield json.dumps(record, default=str)
 
 
 class FormatFailure(beam.DoFn):
@@ -230,11 +268,15 @@ class FormatFailure(beam.DoFn):
     inputs = element if isinstance(element, list) and self.stage == (
         'inference') else [element]
     for item in inputs:
-      yield json.dumps({
-          'input': item if isinstance(item, str) else describe_input(item),
+      record = {
+          'input': describe_input(item),
           'stage': self.stage,
           'error': str(error),
-      })
+      }
+      parameters = describe_parameters(item)
+      if parameters:
+        record['parameters'] = parameters
+      yield json.dumps(record, default=str)
 
 
 def build_pipeline(pipeline, known_args, handler):
@@ -285,8 +327,17 @@ def _counter(result, namespace: str, name: str) -> int:
   return sum(c.committed or 0 for c in query['counters'])
 
 
+def configure_logging(level: str) -> None:
+  """Warnings, errors and the progress line by default; more on request."""
+  logging.basicConfig(
+      level=level, format='%(levelname)s %(name)s: %(message)s', force=True)
+  logging.getLogger('apache_beam_dynamo.progress').setLevel(
+      min(logging.INFO, logging.getLevelName(level)))
+
+
 def run(argv=None, save_main_session=True):
   known_args, pipeline_args = parse_known_args(argv)
+  configure_logging(known_args.log_level)
   options = PipelineOptions(pipeline_args)
   options.view_as(SetupOptions).save_main_session = save_main_session
   handler = build_handler(known_args)
@@ -310,5 +361,4 @@ def run(argv=None, save_main_session=True):
 
 
 if __name__ == '__main__':
-  logging.getLogger().setLevel(logging.INFO)
   run(sys.argv[1:])

@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion
 from apache_beam_dynamo.beam import requests
 from apache_beam_dynamo.beam import settings as handler_settings
 from apache_beam_dynamo.beam.metrics import NAMESPACE, HandlerMetrics
+from apache_beam_dynamo.beam.progress import PROGRESS
 from apache_beam_dynamo.beam.requests import OpenAIChatMessage
 from apache_beam_dynamo.client import shared as client
 from apache_beam_dynamo.config import chat_template
@@ -53,7 +54,7 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
   """Shared machinery; subclasses say how an element becomes a request."""
   _ROUTE: str
   _ACCEPTED_ARGS: Mapping[str, tuple]
-  _encode: Callable[[Any, str, Mapping[str, Any]], bytes]
+  _encode: Callable[..., bytes]
   _parse: Callable[[bytes], Any]
 
   def __init__(self, arguments: Mapping[str, Any]):
@@ -90,13 +91,17 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
     """
     # This handler copy holds the lease too, as long as it runs batches.
     lease = registry.hold(model, holder=self)
+    PROGRESS.begin()
     served_name = self._settings.stack.served_model_name
+    use_dynamo = self._settings.stack.use_dynamo
     args = inference_args or {}
     outcomes: list[Any] = [None] * len(batch)
     bodies: list[Optional[bytes]] = []
     for index, element in enumerate(batch):
       try:
-        bodies.append(self._encode(element, served_name, args))
+        bodies.append(self._encode(
+            element, served_name, args, accepted=self._ACCEPTED_ARGS,
+            use_dynamo=use_dynamo))
       except InvalidElementError as e:
         bodies.append(None)
         outcomes[index] = e
@@ -108,7 +113,11 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
         outcomes[index] = sent[index]
     if self._metrics is None:
       self._metrics = HandlerMetrics()
-    self._metrics.record(stats, outcomes, lease.state.restarts)
+    state = lease.state
+    self._metrics.record(stats, outcomes, state.restarts)
+    self._metrics.record_stack(state.metrics)
+    PROGRESS.done(
+        len(batch), sum(isinstance(o, Exception) for o in outcomes))
     if self._settings.failed_elements == 'raise':
       for outcome in outcomes:
         if isinstance(outcome, Exception):
@@ -203,6 +212,11 @@ class VLLMCompletionsModelHandler(_StackModelHandler):
       failed_elements: str = 'dead_letter'):
     """RunInference handler for text prompts (OpenAI completions).
 
+    Elements are prompt strings, or dicts with ``"prompt"`` and any request
+    parameters of their own, which override ``inference_args``
+    (``{'prompt': 'Hi', 'max_tokens': 8, 'guided_json': {...}}``). An
+    unknown or wrongly typed key fails that element alone.
+
     Example::
 
       prompts | RunInference(VLLMCompletionsModelHandler(
@@ -272,7 +286,9 @@ class VLLMChatModelHandler(_StackModelHandler):
     """RunInference handler for conversations (OpenAI chat completions).
 
     Elements are sequences of ``OpenAIChatMessage`` (apache-beam's class or
-    ``{'role': ..., 'content': ...}`` dicts work too).
+    ``{'role': ..., 'content': ...}`` dicts work too), or dicts with
+    ``"messages"`` and any request parameters of their own, which override
+    ``inference_args`` (``{'messages': [...], 'max_tokens': 8}``).
 
     Args:
       model_name: as for VLLMCompletionsModelHandler.

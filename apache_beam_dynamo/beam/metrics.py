@@ -2,11 +2,16 @@
 
 Beam metrics are recorded per thread, so they are updated from the thread
 that runs ``run_inference`` (never from the client's event loop thread).
+Besides the client's own counts, the stack's metrics as the supervisor last
+sampled them (serving/stack_metrics.py) become gauges and distributions.
 """
+
+from typing import Mapping, Optional
 
 from apache_beam.metrics.metric import Metrics
 
 from apache_beam_dynamo.client.shared import BatchStats
+from apache_beam_dynamo.serving import stack_metrics
 
 NAMESPACE = 'BeamML_Dynamo'
 
@@ -22,6 +27,16 @@ class HandlerMetrics:
         namespace, 'request_latency_ms')
     # A gauge, not a counter: every SDK process sees the same restarts.
     self.stack_restarts = Metrics.gauge(namespace, 'stack_restarts')
+    self._stack_gauges = {
+        name: Metrics.gauge(namespace, name)
+        for name in stack_metrics.GAUGE_NAMES
+    }
+    self._stack_distributions = {
+        name: Metrics.distribution(namespace, name)
+        for name in stack_metrics.DISTRIBUTION_NAMES
+    }
+    self._last_sample: Optional[int] = None
+    self._last_latency_sample: Optional[int] = None
 
   def record(self, stats: BatchStats, outcomes, restarts: int) -> None:
     self.requests.inc(stats.requests)
@@ -42,3 +57,21 @@ class HandlerMetrics:
     if completion:
       self.completion_tokens.inc(completion)
     self.stack_restarts.set(restarts)
+
+  def record_stack(self, metrics: Mapping[str, int]) -> None:
+    """Reports the stack's last metrics sample: gauges once per sample,
+    distributions once per measurement."""
+    sample = metrics.get('sample')
+    if sample is None or sample == self._last_sample:
+      return
+    self._last_sample = sample
+    for name, gauge in self._stack_gauges.items():
+      if name in metrics:
+        gauge.set(metrics[name])
+    latency_sample = metrics.get('latency_sample')
+    if latency_sample is None or latency_sample == self._last_latency_sample:
+      return
+    self._last_latency_sample = latency_sample
+    for name, distribution in self._stack_distributions.items():
+      if name in metrics:
+        distribution.update(metrics[name])

@@ -1,7 +1,9 @@
 """Which ``RunInference(inference_args=...)`` keys a request accepts.
 
 Checked when the pipeline is built, so a typo fails on the user's machine
-with the list of valid keys, not as a 400 on every element of a job.
+with the list of valid keys, not as a 400 on every element of a job. The
+same check applies to the parameters a dict element carries (beam/requests.py),
+where a bad key fails that element alone.
 """
 
 import difflib
@@ -113,16 +115,33 @@ def validate(
     raise ConfigError(
         'inference_args must be a dict, got '
         f'{type(inference_args).__name__}.')
-  for key, value in inference_args.items():
+  problem = find_problem(
+      inference_args, accepted, use_dynamo=use_dynamo, where='inference_args')
+  if problem:
+    raise ConfigError(problem)
+
+
+def find_problem(
+    args: Mapping[str, Any],
+    accepted: Mapping[str, tuple],
+    *,
+    use_dynamo: bool,
+    where: str) -> Optional[str]:
+  """What is wrong with request parameters ``args`` (None if nothing).
+
+  ``where`` names them in the message: ``inference_args`` when the pipeline
+  is built, ``element`` for the parameters one input element carries.
+  """
+  for key, value in args.items():
     if key in _SET_BY_HANDLER:
-      raise ConfigError(
-          f'inference_args may not set {key!r}: {_SET_BY_HANDLER[key]}.')
+      return f'{where} may not set {key!r}: {_SET_BY_HANDLER[key]}.'
     if key not in accepted:
       close = difflib.get_close_matches(str(key), accepted, n=1)
       hint = f' Did you mean {close[0]!r}?' if close else ''
-      raise ConfigError(
-          f'Unknown inference arg {key!r}.{hint} Accepted: '
-          f'{", ".join(sorted(accepted))}.')
+      what = 'inference arg' if where == 'inference_args' else (
+          f'request parameter in the {where}:')
+      return (f'Unknown {what} {key!r}.{hint} Accepted: '
+              f'{", ".join(sorted(accepted))}.')
     types = accepted[key]
     if value is None:
       continue
@@ -130,22 +149,21 @@ def validate(
         isinstance(value, bool) and bool not in types)
     if wrong:
       names = ' or '.join(t.__name__ for t in types)
-      raise ConfigError(
-          f'inference_args[{key!r}] must be {names}, got '
-          f'{type(value).__name__} {value!r}.')
+      return (f'{where}[{key!r}] must be {names}, got '
+              f'{type(value).__name__} {value!r}.')
     if key in _POSITIVE and value < 1:
-      raise ConfigError(f'inference_args[{key!r}] must be >= 1, got {value}.')
+      return f'{where}[{key!r}] must be >= 1, got {value}.'
     if key == 'extra_body':
       for inner in value:
         if inner in _SET_BY_HANDLER:
-          raise ConfigError(
-              f"inference_args['extra_body'] may not set {inner!r}: "
-              f'{_SET_BY_HANDLER[inner]}.')
-  n = inference_args.get('n') or 1
-  best_of = inference_args.get('best_of') or 1
+          return (f"{where}['extra_body'] may not set {inner!r}: "
+                  f'{_SET_BY_HANDLER[inner]}.')
+  n = args.get('n') or 1
+  best_of = args.get('best_of') or 1
   if use_dynamo and (n > 1 or best_of > 1):
-    raise ConfigError(
-        'inference_args n > 1 (or best_of > 1) is not supported through '
+    return (
+        f'{where} n > 1 (or best_of > 1) is not supported through '
         'Dynamo: its frontend returns a single choice whatever n is, so the '
         'extra samples would be lost silently. Duplicate the input elements '
         'instead, or use use_dynamo=False (native vLLM honours n).')
+  return None

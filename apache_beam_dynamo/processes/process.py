@@ -3,8 +3,8 @@
 Each child runs in its own session, hence its own process group, so that
 stopping it reaches every process it spawned (vLLM's EngineCore included),
 and so that a signal meant for the parent (Ctrl-C) does not hit it directly.
-Its output is forwarded line by line, and the recent tail is kept for error
-messages.
+Its output is forwarded line by line (INFO lines at DEBUG), and the recent
+tail is kept for error messages.
 """
 
 import collections
@@ -46,6 +46,15 @@ def line_level(line: str) -> int:
   if match:
     return _LEVEL_WORDS.get(match.group(1).upper(), logging.INFO)
   return logging.ERROR if line.startswith('Traceback') else logging.INFO
+
+
+def forwarded_level(line: str) -> int:
+  """The level a child's line is forwarded at: its own for warnings and
+  errors; DEBUG for INFO and below (Dynamo's INFO lines are its plumbing:
+  endpoints, etcd keys, discovery events), so the stack is quiet unless
+  ``apache_beam_dynamo`` logs at DEBUG."""
+  level = line_level(line)
+  return level if level > logging.INFO else logging.DEBUG
 
 
 def group_alive(pgid: int) -> bool:
@@ -94,7 +103,7 @@ class ManagedProcess:
       if not line:
         continue
       self._tail.append(line)
-      self._on_line(self.component, line_level(line), line)
+      self._on_line(self.component, forwarded_level(line), line)
     self._popen.stdout.close()
 
   def exit_code(self) -> Optional[int]:

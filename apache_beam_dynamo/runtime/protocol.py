@@ -49,6 +49,8 @@ class StackState:
   ``engine``...) to its process id, ``supervisor_pid`` is the supervisor's,
   and ``last_failure`` names the component whose failure caused the last
   restart: what an operator (or a fault test) needs to find a process.
+  ``metrics`` is the last sample of the stack's own Prometheus metrics
+  (serving/stack_metrics.py; empty until the first one).
   """
   phase: str
   base_url: Optional[str] = None
@@ -62,6 +64,7 @@ class StackState:
   pids: dict[str, int] = dataclasses.field(default_factory=dict)
   supervisor_pid: Optional[int] = None
   last_failure: Optional[str] = None
+  metrics: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def sharing_scope(environ: Mapping[str, str]) -> str:

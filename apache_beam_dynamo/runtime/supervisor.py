@@ -33,6 +33,7 @@ from apache_beam_dynamo.runtime.lease_server import LeaseServer, ForwardToLeases
 from apache_beam_dynamo.runtime.protocol import StackState
 from apache_beam_dynamo.runtime.restart_policy import RestartBudget
 from apache_beam_dynamo.serving.components import port_conflict
+from apache_beam_dynamo.serving.stack_metrics import Sampler
 from apache_beam_dynamo.serving.stacks import Stack, build_stack
 
 _LOGGER = logging.getLogger('apache_beam_dynamo.runtime.supervisor')
@@ -40,6 +41,8 @@ _LOGGER = logging.getLogger('apache_beam_dynamo.runtime.supervisor')
 # A supervisor nobody connects to (its starter died first) gives up after this.
 FIRST_LEASE_TIMEOUT_S = 60.0
 _PORT_CONFLICT_RETRIES = 3
+# The stack's Prometheus pages are sampled every this many liveness intervals.
+METRICS_EVERY_INTERVALS = 5
 
 
 class _Cancelled(Exception):
@@ -68,6 +71,7 @@ class Supervisor:
     self._budget = RestartBudget(config.max_restarts, config.restart_window_s)
     self._stop_grace_s: Optional[float] = None
     self._state = StackState(protocol.STARTING, supervisor_pid=os.getpid())
+    self._sampler = Sampler(stack.metrics_urls)
     self._thread = threading.Thread(
         target=self._run, name='abd-supervisor', daemon=True)
 
@@ -116,6 +120,7 @@ class Supervisor:
           max_num_seqs=self._stack.max_num_seqs,
           pids=self._stack.pids(),
           generation=1)
+      next_sample = time.monotonic()
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)
         self._wake.clear()
@@ -125,6 +130,10 @@ class Supervisor:
         if failure is not None:
           self._recover(failure)
         self._finish_checks()
+        if time.monotonic() >= next_sample:
+          next_sample = time.monotonic() + (
+              METRICS_EVERY_INTERVALS * self._config.liveness_interval_s)
+          self._sample_metrics()
     except _Cancelled:
       pass
     except ComponentFailure as failure:
@@ -136,6 +145,11 @@ class Supervisor:
     finally:
       self._finish_checks()
       self._shutdown()
+
+  def _sample_metrics(self) -> None:
+    metrics = self._sampler.sample()
+    if metrics and not self._stopping.is_set():
+      self._publish(metrics=metrics)
 
   def _shutdown(self) -> None:
     if not self._stopped.is_set():

@@ -41,6 +41,16 @@ def get_ok(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
   return status == 200
 
 
+def get_text(base_url: str, path: str,
+             timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+  """The body of a 200 reply (None for any other outcome)."""
+  try:
+    status, body = _request(base_url, 'GET', path, timeout=timeout)
+  except OSError:
+    return None
+  return body.decode('utf-8', errors='replace') if status == 200 else None
+
+
 def answers(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
   """Any HTTP reply counts: the process runs its event loop.
 

@@ -147,6 +147,10 @@ class Stack(abc.ABC):
       affected = self._components
     self._launch(affected)
 
+  def metrics_urls(self) -> list[str]:
+    """Where the stack's Prometheus pages are (``/metrics`` on each)."""
+    return [self.base_url] if self.placement is not None else []
+
   def engines_alive_besides(self, name: str) -> bool:
     """Whether another engine still serves while engine ``name`` is
     replaced (replacing etcd or the frontend leaves nothing serving)."""
@@ -268,6 +272,14 @@ class DynamoStack(Stack):
         ports_of_engine,
         registered=lambda: probes.model_ready(
             self.base_url, self.served_model_name))
+
+  def metrics_urls(self) -> list[str]:
+    """The frontend's, then each engine's status server (DYN_SYSTEM_PORT)."""
+    if self.placement is None:
+      return []
+    return [self.base_url] + [
+        self.placement.system_url(i) for i in range(self.engine_count)
+    ]
 
   def _before_launch(self, component: Component) -> None:
     # A restarted etcd starts empty: registrations of dead processes must not

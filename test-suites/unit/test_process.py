@@ -12,7 +12,8 @@ import pytest
 from apache_beam_dynamo.serving import ports
 from apache_beam_dynamo.errors import DynamoHandlerError
 from apache_beam_dynamo.processes.launch import Launch
-from apache_beam_dynamo.processes.process import ManagedProcess, group_alive, line_level
+from apache_beam_dynamo.processes.process import (
+    ManagedProcess, forwarded_level, group_alive, line_level)
 from apache_beam_dynamo.processes.reaper import Reaper
 
 # A parent that starts a grandchild in its own process group, like
@@ -92,6 +93,18 @@ def test_output_is_forwarded_with_levels_and_kept_as_tail():
 ])
 def test_line_level(line, level):
   assert line_level(line) == level
+
+
+@pytest.mark.parametrize('line, level', [
+    ('2026-11-22T06:15:04.222525Z  INFO dynamo_runtime: ZMQ PUB bound', 10),
+    ('[transformers] PyTorch was not found.', 10),
+    ('2026-11-22T06:15:04.222525Z DEBUG dynamo: x', 10),
+    ('2026-11-22T06:15:04.222525Z  WARN mm_routing: x', 30),
+    ('{"level":"warn","ts":"2026-11-22T06:55:50.452Z","msg":"x"}', 30),
+    ('2026-11-22T06:15:04.222525Z ERROR dynamo: x', 40),
+])
+def test_info_lines_are_forwarded_at_debug(line, level):
+  assert forwarded_level(line) == level
 
 
 def test_reaper_kills_registered_groups_when_its_owner_dies(tmp_path):
