@@ -49,6 +49,8 @@ class StackState:
   ``engine``...) to its process id, ``supervisor_pid`` is the supervisor's,
   and ``last_failure`` names the component whose failure caused the last
   restart: what an operator (or a fault test) needs to find a process.
+  ``policy`` is the supervision policy in force (StackConfig.policy() of the
+  lease that started the stack).
   """
   phase: str
   base_url: Optional[str] = None
@@ -62,6 +64,7 @@ class StackState:
   pids: dict[str, int] = dataclasses.field(default_factory=dict)
   supervisor_pid: Optional[int] = None
   last_failure: Optional[str] = None
+  policy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def sharing_scope(environ: Mapping[str, str]) -> str:

@@ -27,7 +27,8 @@ class _Registry:
   """This process's Leases, each leased while a holder object lives.
 
   Holders are the handler copies in Beam's DoFns. When the last holder of a
-  stack is gone the lease is kept ``keep_alive_s`` longer, so a pipeline
+  stack is gone the lease is kept ``keep_alive_s`` longer (the longest of
+  this process's handlers of the stack), so a pipeline
   that starts right after the previous one reuses the stack.
 
   Beam keeps a finished pipeline's DoFns in reference cycles, which only the
@@ -46,6 +47,8 @@ class _Registry:
     self._pid = os.getpid()
     self._stacks: dict[str, Lease] = {}  # by address
     self._holders: dict[str, int] = {}
+    # Per process: the longest keep_alive_s of the handlers using a stack.
+    self._keep_alive: dict[str, float] = {}
     self._expiries: dict[str, threading.Timer] = {}
     self._registered: 'weakref.WeakKeyDictionary[object, set[str]]' = (
         weakref.WeakKeyDictionary())
@@ -78,7 +81,11 @@ class _Registry:
       lease = self._stacks.get(address)
       if lease is None:
         lease = self._stacks[address] = self._lease_factory(config, address)
+      self._keep_alive[address] = max(
+          config.keep_alive_s, self._keep_alive.get(address, 0.0))
       self._hold(address, holder)
+    if config != lease.config:
+      lease.request(config)
     lease.start()
     return lease
 
@@ -115,7 +122,8 @@ class _Registry:
       self._holders[address] -= 1
       if self._holders[address] > 0:
         return
-      keep_alive_s = self._stacks[address].config.keep_alive_s
+      keep_alive_s = self._keep_alive.get(
+          address, self._stacks[address].config.keep_alive_s)
       expiry = threading.Timer(keep_alive_s, self._expire, (address, ))
       expiry.daemon = True
       self._expiries[address] = expiry
@@ -127,6 +135,7 @@ class _Registry:
         return
       self._holders.pop(address, None)
       self._expiries.pop(address, None)
+      self._keep_alive.pop(address, None)
       stack = self._stacks.pop(address, None)
     if stack is not None:
       stack.stop()
@@ -141,6 +150,7 @@ class _Registry:
       for expiry in self._expiries.values():
         expiry.cancel()
       self._stacks, self._holders, self._expiries = {}, {}, {}
+      self._keep_alive = {}
     for stack in stacks:
       try:
         stack.stop(wait=True)
