@@ -52,6 +52,7 @@ class _Registry:
     self._expiries: dict[str, threading.Timer] = {}
     self._registered: 'weakref.WeakKeyDictionary[object, set[str]]' = (
         weakref.WeakKeyDictionary())
+    self._finalizers: dict[tuple[int, str], weakref.finalize] = {}
     self._janitor: Optional[threading.Thread] = None
 
   def _watch_idle_stacks(self) -> None:
@@ -108,12 +109,32 @@ class _Registry:
     expiry = self._expiries.pop(address, None)
     if expiry is not None:
       expiry.cancel()
-    release = weakref.finalize(holder, self._release, address)
+    release = weakref.finalize(holder, self._finalized, id(holder), address)
     release.atexit = False  # close_all handles interpreter exit
+    self._finalizers[(id(holder), address)] = release
     if self._janitor is None:
       self._janitor = threading.Thread(
           target=self._watch_idle_stacks, name='abd-idle', daemon=True)
       self._janitor.start()
+
+  def drop(self, lease: Lease, holder: object) -> None:
+    """``holder`` no longer holds ``lease``: its stack failed to start for
+    it. A failed stack then stops with its last holder, and a later
+    ``acquire`` starts a fresh one."""
+    with self._lock:
+      addresses = self._registered.get(holder, set())
+      if lease.address not in addresses:
+        return
+      addresses.discard(lease.address)
+      finalizer = self._finalizers.pop((id(holder), lease.address), None)
+    if finalizer is not None:
+      finalizer.detach()
+    self._release(lease.address)
+
+  def _finalized(self, holder_id: int, address: str) -> None:
+    with self._lock:
+      self._finalizers.pop((holder_id, address), None)
+    self._release(address)
 
   def _release(self, address: str) -> None:
     with self._lock:
@@ -150,7 +171,7 @@ class _Registry:
       for expiry in self._expiries.values():
         expiry.cancel()
       self._stacks, self._holders, self._expiries = {}, {}, {}
-      self._keep_alive = {}
+      self._keep_alive, self._finalizers = {}, {}
     for stack in stacks:
       try:
         stack.stop(wait=True)

@@ -254,3 +254,17 @@ def test_a_newcomer_while_the_stack_stops_waits_until_it_is_down(lease_server):
   rival.bind(address)  # now a fresh supervisor can start
   rival.close()
   owner.close(), newcomer.close()
+
+
+def test_a_holder_whose_stack_failed_drops_its_hold():
+  registry = _Registry(lease_factory=FakeLease)
+  holder = Holder()
+  lease = registry.acquire(mocker_config(keep_alive_s=0), holder)
+  registry.drop(lease, holder)
+  assert lease.stopped_event.wait(10) and lease.stopped == 1
+  registry.drop(lease, holder)  # twice: nothing more to drop
+  fresh = registry.acquire(mocker_config(keep_alive_s=0), holder)
+  assert fresh is not lease  # a retry gets a fresh lease
+  del holder
+  gc.collect()
+  assert fresh.stopped_event.wait(10) and lease.stopped == 1
