@@ -7,6 +7,7 @@ import logging
 import shutil
 
 import apache_beam as beam
+import psutil
 import pytest
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
@@ -19,7 +20,7 @@ from apache_beam_dynamo.serving.ledger import Ledger
 
 from conftest import (
     FAST_MOCKER, Holder, ProcessWatch, mocker_config, run_pipeline, stack_pids,
-    wait_for_no_leftovers)
+    wait_for_no_leftovers, wait_until)
 
 
 def test_seven_handlers_of_one_model_run_one_engine(
@@ -135,3 +136,50 @@ def test_the_ledger_error_surfaces_as_a_startup_error(tmp_path, no_leftovers):
   assert (entry.model, entry.gpus, entry.pid) == (
       'model-a', (0, ), state.supervisor_pid)
   del holder, first, second
+
+
+def slow_to_stop_etcd(tmp_path) -> str:
+  """etcd in a wrapper that ignores SIGTERM and lingers after etcd exits:
+  its stack takes the whole shutdown_grace_s to stop (then SIGKILL)."""
+  from apache_beam_dynamo.serving.machine import resolve_etcd
+  script = tmp_path / 'slow-etcd'
+  script.write_text(
+      "#!/bin/sh\ntrap '' TERM\n"
+      f'{resolve_etcd(None)} "$@" &\nwait $!\nexec sleep 600\n')
+  script.chmod(0o755)
+  return str(script)
+
+
+@pytest.mark.parametrize('same_config', [True, False],
+                         ids=['same-config', 'other-model'])
+def test_a_newcomer_waits_for_a_stopping_stack_to_free_the_gpu(
+    tmp_path, same_config, no_leftovers):
+  """While a stack stops it still holds its GPU: a newcomer, with the same
+  config (the supervisor keeps its name until down) or another model on
+  the same GPU (the ledger entry is 'stopping'), starts only once it is
+  gone, never beside it."""
+  first_model, second_model = two_models(tmp_path)
+  etcd = slow_to_stop_etcd(tmp_path)
+  old_config = mocker_config(
+      first_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10)
+  new_config = old_config if same_config else mocker_config(
+      second_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10)
+  old_holder, new_holder = Holder(), Holder()
+  old_lease = registry.acquire(old_config, old_holder)
+  old = old_lease.wait_ready(60)
+  old_pids = set(old.pids.values()) | {old.supervisor_pid}
+  book = Ledger()
+  registry.drop(old_lease, old_holder)  # its last holder: the stack stops
+  wait_until(lambda: [e for e in book.entries().values()
+                      if e.state == 'stopping'],
+             30, "the old stack's ledger entry 'stopping'")
+  new = registry.acquire(new_config, new_holder).wait_ready(90)
+  assert new.supervisor_pid != old.supervisor_pid
+  # The old etcd wrapper ignores SIGTERM for shutdown_grace_s: a new stack
+  # started beside the stopping one would be ready long before it is gone.
+  alive = [pid for pid in old_pids if psutil.pid_exists(pid) and
+           psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+  assert not alive, f'old stack processes beside the new one: {alive}'
+  entry, = book.entries().values()
+  assert entry.pid == new.supervisor_pid and entry.state == 'running'
+  del old_holder, new_holder, old_lease
