@@ -23,7 +23,7 @@ from apache_beam_dynamo.client import shared as client
 from apache_beam_dynamo.config import chat_template
 from apache_beam_dynamo.config import inference_args as args_schema
 from apache_beam_dynamo.config.stack import RequestConfig, StackConfig
-from apache_beam_dynamo.errors import InvalidElementError
+from apache_beam_dynamo.errors import DynamoHandlerError, InvalidElementError
 from apache_beam_dynamo.runtime.lease import Lease
 from apache_beam_dynamo.runtime.registry import registry
 
@@ -75,7 +75,11 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
     """Leases this machine's stack (starting it if needed), waits until it
     serves, and returns the lease."""
     lease = registry.acquire(self._worker_config(), holder=self)
-    lease.wait_ready()
+    try:
+      lease.wait_ready()
+    except DynamoHandlerError:
+      registry.drop(lease, holder=self)  # a retry starts a fresh stack
+      raise
     return lease
 
   def run_inference(

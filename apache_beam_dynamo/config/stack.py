@@ -41,6 +41,14 @@ _NATIVE_MANAGED = {
     'model': None, 'host': None, 'port': None, 'tensor-parallel-size': None
 }
 
+# Supervision policy: how a stack is kept up, not what runs. Never part of a
+# stack's identity (fingerprint): handlers that differ only here share one
+# stack, which runs with the values of the lease that started it.
+# keep_alive_s is per process (runtime/registry.py), so not listed here.
+SUPERVISION_POLICY = ('startup_timeout_s', 'liveness_interval_s',
+                      'max_restarts', 'restart_window_s', 'shutdown_grace_s')
+_NOT_IDENTITY = SUPERVISION_POLICY + ('keep_alive_s', )
+
 # Flags that carry the served model name, per engine program.
 SERVED_NAME_FLAGS = ('served-model-name', 'model-name')
 
@@ -171,6 +179,8 @@ class StackConfig:
       set: ``--dtype half`` below compute capability 8.0 (T4), and
       ``--gpu-memory-utilization 0.72 --max-num-seqs 32`` below 20 GiB.
     gpus: GPU ids the engines use; None means every GPU the worker sees.
+      The mocker runs on the CPU: there, gpus only declares GPUs for the
+      machine's GPU ledger (serving/ledger.py).
     tensor_parallel_size: GPUs per engine; each group of that many GPUs
       runs one ``dynamo.vllm`` with ``--tensor-parallel-size``.
     num_engines: engines to run; None means one per GPU group (one for the
@@ -271,11 +281,12 @@ class StackConfig:
             f'gpus lists GPU {repeated} more than once: engines would '
             'overlap. List each GPU once.')
     if self.engine == 'mocker' or not self.use_dynamo:
-      uses_gpu_topology = self.gpus is not None or self.tensor_parallel_size > 1
-      if self.engine == 'mocker' and uses_gpu_topology:
+      # The mocker runs on the CPU; gpus only declares GPUs for the machine's
+      # GPU ledger (tests of GPU sharing), never pins it.
+      if self.engine == 'mocker' and self.tensor_parallel_size > 1:
         raise ConfigError(
-            'gpus and tensor_parallel_size apply to engine="vllm"; the mocker '
-            'runs on the CPU (use num_engines to run several).')
+            'tensor_parallel_size applies to engine="vllm"; the mocker runs '
+            'on the CPU (use num_engines to run several).')
       if not self.use_dynamo and self.router_mode != 'round-robin':
         raise ConfigError(
             'router_mode applies to the Dynamo frontend: it needs '
@@ -284,7 +295,7 @@ class StackConfig:
         raise ConfigError(
             'num_engines > 1 needs use_dynamo=True: vLLM\'s own server runs '
             'one engine (use tensor_parallel_size to span GPUs).')
-    if self.gpus is not None:
+    if self.gpus is not None and self.engine != 'mocker':
       try:
         engine_groups(self.gpus, self.tensor_parallel_size, self.num_engines)
       except ValueError as e:
@@ -324,11 +335,23 @@ class StackConfig:
       raw['gpus'] = tuple(raw['gpus'])
     return cls(**raw)
 
+  def identity(self) -> dict[str, Any]:
+    """What runs: every field but the supervision policy and keep_alive_s."""
+    return {
+        k: v for k, v in dataclasses.asdict(self).items()
+        if k not in _NOT_IDENTITY
+    }
+
+  def policy(self) -> dict[str, float]:
+    """The supervision policy: how the stack is kept up (SUPERVISION_POLICY)."""
+    return {name: getattr(self, name) for name in SUPERVISION_POLICY}
+
   def fingerprint(self) -> str:
-    """Identifies the stack on a machine: equal configs share one stack."""
+    """Identifies the stack on a machine: configs that run the same thing
+    (equal ``identity()``) share one stack, whatever their policies."""
     from apache_beam_dynamo import __version__
-    payload = f'{__version__}\n{self.to_json()}'.encode()
-    return hashlib.sha256(payload).hexdigest()[:24]
+    identity = json.dumps(self.identity(), sort_keys=True)
+    return hashlib.sha256(f'{__version__}\n{identity}'.encode()).hexdigest()[:24]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,10 @@ class Lease:
     self._supervisor_losses = 0
     self._closed = False
     self._listeners: list[Callable[[StackState], None]] = []
+    # The supervision policies this process's handlers of the stack asked
+    # for, and the differences from the policy in force already logged.
+    self._policies: list[dict[str, float]] = [config.policy()]
+    self._warned: set[tuple[str, float]] = set()
     self.last_used = time.monotonic()
 
   # -- the interface ---------------------------------------------------------
@@ -56,17 +60,40 @@ class Lease:
       if self._sock is None and not self._closed:
         self._connect()
 
+  def request(self, config: StackConfig) -> None:
+    """Another handler of this process uses this stack with ``config`` (the
+    same identity): a supervision policy that differs from the one in force
+    is logged once, as a warning."""
+    with self._cond:
+      policy = config.policy()
+      if policy not in self._policies:
+        self._policies.append(policy)
+      state = self._state
+    if state is not None:
+      self._warn_about_policies(state)
+
+  def in_force(self, name: str) -> float:
+    """A supervision policy value as the stack runs it (the value of the
+    lease that started it), or this lease's until the stack said."""
+    state = self._state
+    if state is not None and name in state.policy:
+      return state.policy[name]
+    return getattr(self.config, name)
+
   def wait_ready(self, timeout_s: Optional[float] = None) -> StackState:
     """Blocks until the stack serves requests and returns its state.
 
     Raises StackStartupError if it never became ready, StackUnavailableError
-    if it failed for good after being ready.
+    if it failed for good after being ready. The default timeout is the
+    stack's startup_timeout_s in force plus a margin.
     """
     self.last_used = time.monotonic()
-    if timeout_s is None:
-      timeout_s = self.config.startup_timeout_s + _WAIT_MARGIN_S
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
     while True:
+      if timeout_s is None:
+        deadline = started + self.in_force('startup_timeout_s') + _WAIT_MARGIN_S
+      else:
+        deadline = started + timeout_s
       with self._cond:
         state, connected = self._state, self._sock is not None
         if connected and state is not None:
@@ -79,7 +106,8 @@ class Lease:
         left = deadline - time.monotonic()
         if left <= 0:
           raise StackStartupError(
-              f'The {self._describe()} was not ready within {timeout_s:.0f} s '
+              f'The {self._describe()} was not ready within '
+              f'{deadline - started:.0f} s '
               f'(state: {state.phase if state else "no supervisor"}).')
         if connected and (state is None or state.phase != protocol.STOPPED):
           self._cond.wait(min(left, 1.0))
@@ -134,7 +162,7 @@ class Lease:
         return
       self._send({'op': 'release'})
       if wait:
-        sock.settimeout(self.config.shutdown_grace_s * 3 + 15)
+        sock.settimeout(self.in_force('shutdown_grace_s') * 3 + 15)
         try:
           while sock.recv(65536):
             pass
@@ -148,6 +176,21 @@ class Lease:
     kind = f'Dynamo stack ({self.config.engine})' if self.config.use_dynamo else (
         'vLLM server')
     return f'{kind} for {self.config.served_model_name!r}'
+
+  def _warn_about_policies(self, state: StackState) -> None:
+    with self._cond:
+      differences = {(name, asked): state.policy[name]
+                     for policy in self._policies
+                     for name, asked in policy.items()
+                     if name in state.policy and asked != state.policy[name]
+                     and (name, asked) not in self._warned}
+      self._warned.update(differences)
+    for (name, asked), value in differences.items():
+      _LOGGER.warning(
+          'The %s runs with %s=%s (the value of the handler that started it); '
+          'a handler here sets %s=%s, which is not used: supervision settings '
+          'never split a stack. Give its handlers the same %s to silence '
+          'this.', self._describe(), name, value, name, asked, name)
 
   def _send(self, message: dict) -> bool:
     sock = self._sock
@@ -242,6 +285,7 @@ class Lease:
             self._state = state
             self._cond.notify_all()
             listeners = list(self._listeners)
+          self._warn_about_policies(state)
           for listener in listeners:
             listener(state)
         elif kind == 'log':

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import threading
+from typing import Optional
 
 from apache_beam_dynamo.runtime import protocol
 from apache_beam_dynamo.runtime.protocol import StackState
@@ -46,6 +47,8 @@ class LeaseServer:
     self._lock = threading.Lock()
     self._leases: list[_Lease] = []
     self._closing = False
+    self._down = False
+    self._waiting: list[_Lease] = []  # came while the stack was stopping
     self._first_lease = threading.Event()
     self.unused = threading.Event()
     self._log_backlog: collections.deque[dict] = collections.deque(maxlen=500)
@@ -93,7 +96,10 @@ class LeaseServer:
 
   def _serve_lease(self, lease: _Lease) -> None:
     with self._lock:
-      if self._closing:
+      if self._closing:  # answered once the stack is down (shut_down)
+        if not self._down:
+          self._waiting.append(lease)
+          return
         lease.send(protocol.state_message(StackState(protocol.STOPPED)))
         lease.conn.close()
         return
@@ -128,14 +134,33 @@ class LeaseServer:
       last = not self._leases and not self._closing
       if last:
         self._closing = True
-        self._listener.close()  # newcomers start a fresh supervisor
     if last:
-      self.supervisor.stop(ABANDONED_GRACE_S if abandoned else None)
+      self.shut_down(ABANDONED_GRACE_S if abandoned else None)
       lease.send(protocol.state_message(self.supervisor.state))
       self.unused.set()
     else:
       lease.send({'type': 'released'})
     lease.conn.close()
+
+  def shut_down(self, grace_s: Optional[float] = None) -> None:
+    """Stops the stack, then closes the listener. Until the stack is down
+    the name stays bound, so a newcomer cannot start a second stack (and
+    engine) while this one still holds the GPU: it waits, then hears
+    'stopped' and starts a fresh supervisor."""
+    with self._lock:
+      self._closing = True
+    self.supervisor.stop(grace_s)
+    with self._lock:
+      try:  # wakes the accepting thread, which holds the socket bound
+        self._listener.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
+      self._listener.close()
+      self._down = True
+      waiting, self._waiting = self._waiting, []
+    for lease in waiting:
+      lease.send(protocol.state_message(StackState(protocol.STOPPED)))
+      lease.conn.close()
 
   def wait_until_unused(self, first_lease_timeout_s: float) -> None:
     """Returns once every lease is gone (or none came in time)."""

@@ -51,6 +51,8 @@ class StackState:
   restart: what an operator (or a fault test) needs to find a process.
   ``metrics`` is the last sample of the stack's own Prometheus metrics
   (serving/stack_metrics.py; empty until the first one).
+  ``policy`` is the supervision policy in force (StackConfig.policy() of the
+  lease that started the stack).
   """
   phase: str
   base_url: Optional[str] = None
@@ -65,6 +67,7 @@ class StackState:
   supervisor_pid: Optional[int] = None
   last_failure: Optional[str] = None
   metrics: dict[str, int] = dataclasses.field(default_factory=dict)
+  policy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def sharing_scope(environ: Mapping[str, str]) -> str:

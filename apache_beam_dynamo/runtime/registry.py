@@ -27,7 +27,8 @@ class _Registry:
   """This process's Leases, each leased while a holder object lives.
 
   Holders are the handler copies in Beam's DoFns. When the last holder of a
-  stack is gone the lease is kept ``keep_alive_s`` longer, so a pipeline
+  stack is gone the lease is kept ``keep_alive_s`` longer (the longest of
+  this process's handlers of the stack), so a pipeline
   that starts right after the previous one reuses the stack.
 
   Beam keeps a finished pipeline's DoFns in reference cycles, which only the
@@ -46,9 +47,12 @@ class _Registry:
     self._pid = os.getpid()
     self._stacks: dict[str, Lease] = {}  # by address
     self._holders: dict[str, int] = {}
+    # Per process: the longest keep_alive_s of the handlers using a stack.
+    self._keep_alive: dict[str, float] = {}
     self._expiries: dict[str, threading.Timer] = {}
     self._registered: 'weakref.WeakKeyDictionary[object, set[str]]' = (
         weakref.WeakKeyDictionary())
+    self._finalizers: dict[tuple[int, str], weakref.finalize] = {}
     self._janitor: Optional[threading.Thread] = None
 
   def _watch_idle_stacks(self) -> None:
@@ -78,7 +82,11 @@ class _Registry:
       lease = self._stacks.get(address)
       if lease is None:
         lease = self._stacks[address] = self._lease_factory(config, address)
+      self._keep_alive[address] = max(
+          config.keep_alive_s, self._keep_alive.get(address, 0.0))
       self._hold(address, holder)
+    if config != lease.config:
+      lease.request(config)
     lease.start()
     return lease
 
@@ -101,12 +109,32 @@ class _Registry:
     expiry = self._expiries.pop(address, None)
     if expiry is not None:
       expiry.cancel()
-    release = weakref.finalize(holder, self._release, address)
+    release = weakref.finalize(holder, self._finalized, id(holder), address)
     release.atexit = False  # close_all handles interpreter exit
+    self._finalizers[(id(holder), address)] = release
     if self._janitor is None:
       self._janitor = threading.Thread(
           target=self._watch_idle_stacks, name='abd-idle', daemon=True)
       self._janitor.start()
+
+  def drop(self, lease: Lease, holder: object) -> None:
+    """``holder`` no longer holds ``lease``: its stack failed to start for
+    it. A failed stack then stops with its last holder, and a later
+    ``acquire`` starts a fresh one."""
+    with self._lock:
+      addresses = self._registered.get(holder, set())
+      if lease.address not in addresses:
+        return
+      addresses.discard(lease.address)
+      finalizer = self._finalizers.pop((id(holder), lease.address), None)
+    if finalizer is not None:
+      finalizer.detach()
+    self._release(lease.address)
+
+  def _finalized(self, holder_id: int, address: str) -> None:
+    with self._lock:
+      self._finalizers.pop((holder_id, address), None)
+    self._release(address)
 
   def _release(self, address: str) -> None:
     with self._lock:
@@ -115,7 +143,8 @@ class _Registry:
       self._holders[address] -= 1
       if self._holders[address] > 0:
         return
-      keep_alive_s = self._stacks[address].config.keep_alive_s
+      keep_alive_s = self._keep_alive.get(
+          address, self._stacks[address].config.keep_alive_s)
       expiry = threading.Timer(keep_alive_s, self._expire, (address, ))
       expiry.daemon = True
       self._expiries[address] = expiry
@@ -127,6 +156,7 @@ class _Registry:
         return
       self._holders.pop(address, None)
       self._expiries.pop(address, None)
+      self._keep_alive.pop(address, None)
       stack = self._stacks.pop(address, None)
     if stack is not None:
       stack.stop()
@@ -141,6 +171,7 @@ class _Registry:
       for expiry in self._expiries.values():
         expiry.cancel()
       self._stacks, self._holders, self._expiries = {}, {}, {}
+      self._keep_alive, self._finalizers = {}, {}
     for stack in stacks:
       try:
         stack.stop(wait=True)

@@ -70,7 +70,8 @@ class Supervisor:
     self._pending_checks: list[threading.Event] = []
     self._budget = RestartBudget(config.max_restarts, config.restart_window_s)
     self._stop_grace_s: Optional[float] = None
-    self._state = StackState(protocol.STARTING, supervisor_pid=os.getpid())
+    self._state = StackState(
+        protocol.STARTING, supervisor_pid=os.getpid(), policy=config.policy())
     self._sampler = Sampler(stack.metrics_urls)
     self._thread = threading.Thread(
         target=self._run, name='abd-supervisor', daemon=True)
@@ -274,8 +275,7 @@ def main() -> int:
   server.serve()
   supervisor.start()
   server.wait_until_unused(FIRST_LEASE_TIMEOUT_S)
-  listener.close()
-  supervisor.stop()
+  server.shut_down()  # the stack first, then the listener
   return 0
 
 

@@ -34,6 +34,10 @@ _PLANES: ServerArgs = (
     ('event-plane', 'zmq'),
 )
 _NO_KV_EVENTS = '{"enable_kv_cache_events": false}'
+# The mocker gets its served name as --model-name; its
+# gpu-memory-utilization only declares a share for the GPU ledger
+# (serving/ledger.py): the mocker holds no GPU memory.
+_NOT_FOR_MOCKER = SERVED_NAME_FLAGS + ('gpu-memory-utilization', )
 
 
 def _kv_events_config(port: int) -> str:
@@ -180,7 +184,7 @@ def engine_launch(
         sys.executable, '-m', 'dynamo.mocker',
         '--model-path', model_dir,
         '--model-name', config.served_model_name,
-    ] + flags(_PLANES, config.engine_args_without(*SERVED_NAME_FLAGS))  # yapf: disable
+    ] + flags(_PLANES, config.engine_args_without(*_NOT_FOR_MOCKER))  # yapf: disable
     env.update(config.engine_env)
     return Launch.of(
         engine_name(index, len(placement.system_ports)), argv, env)

@@ -42,12 +42,22 @@ class Machine:
     etcd_binary: the etcd to run; None when ``external_etcd`` is used.
     external_etcd: the client URL of an etcd named by ``ETCD_ENDPOINTS``.
     has_flashinfer: whether vLLM can use FlashInfer's sampler here.
+    declared_gpus: GPUs a CPU engine declares for the GPU ledger (the
+      mocker's ``gpus``, for tests); it never runs on them.
   """
   engine_gpus: tuple[tuple[int, ...], ...]
   gpu_defaults: ServerArgs = ()
   etcd_binary: Optional[str] = None
   external_etcd: Optional[str] = None
   has_flashinfer: bool = False
+  declared_gpus: tuple[int, ...] = ()
+
+  @property
+  def held_gpus(self) -> tuple[int, ...]:
+    """Every GPU the stack holds, for the GPU ledger (serving/ledger.py)."""
+    return tuple(sorted(
+        {g for group in self.engine_gpus for g in group} |
+        set(self.declared_gpus)))
 
 
 def _require_module(name: str, component: str, what: str, remedy: str) -> None:
@@ -130,7 +140,8 @@ def inspect_for_dynamo(
       gpu_defaults=defaults,
       etcd_binary=None if etcd else resolve_etcd(config.etcd_binary),
       external_etcd=etcd,
-      has_flashinfer=_has_flashinfer())
+      has_flashinfer=_has_flashinfer(),
+      declared_gpus=(config.gpus or ()) if config.engine == 'mocker' else ())
 
 
 def inspect_for_native_vllm(

@@ -22,6 +22,7 @@ from apache_beam_dynamo.processes.process import LineSink
 from apache_beam_dynamo.processes.reaper import Reaper
 from apache_beam_dynamo.serving import commands
 from apache_beam_dynamo.serving import discovery
+from apache_beam_dynamo.serving import ledger as gpu_ledger
 from apache_beam_dynamo.serving import machine
 from apache_beam_dynamo.serving import placement as placements
 from apache_beam_dynamo.serving import ports
@@ -54,6 +55,8 @@ class Stack(abc.ABC):
     self._components: list[Component] = []
     self.machine: Optional[Machine] = None
     self.placement: Optional[Placement] = None
+    self._ledger = gpu_ledger.Ledger()
+    self._ledger_key: Optional[str] = None
 
   # -- the interface ---------------------------------------------------------
 
@@ -83,6 +86,7 @@ class Stack(abc.ABC):
     component cannot even be launched.
     """
     self.machine = self._inspect_machine()
+    self._claim_gpus()
     self._reaper = Reaper()
     directory = tempfile.mkdtemp(prefix='apache-beam-dynamo-')  # mode 0700
     self._reaper.watch_dir(directory)
@@ -166,8 +170,12 @@ class Stack(abc.ABC):
   def stop(self, grace_s: Optional[float] = None) -> None:
     """Stops every component (SIGTERM, grace, SIGKILL) and removes the dir.
 
-    ``grace_s`` defaults to the config's ``shutdown_grace_s``.
+    ``grace_s`` defaults to the config's ``shutdown_grace_s``. The stack
+    holds its GPUs in the ledger (as ``stopping``) until its processes are
+    gone.
     """
+    if self._ledger_key is not None:
+      self._ledger.mark_stopping(self._ledger_key)
     self._stop(reversed(self._components), grace_s)
     if self.placement is not None:
       shutil.rmtree(self.placement.run_dir, ignore_errors=True)
@@ -176,8 +184,23 @@ class Stack(abc.ABC):
         self._reaper.forget_dir(self.placement.run_dir)
       self._reaper.close()
       self._reaper = None
+    if self._ledger_key is not None:
+      self._ledger.release(self._ledger_key)
+      self._ledger_key = None
 
   # -- shared machinery ------------------------------------------------------
+
+  def _claim_gpus(self) -> None:
+    """Records the stack's GPUs and memory share in the machine's GPU
+    ledger; fails at once (ComponentFailure) when they would not fit."""
+    gpus = self.machine.held_gpus
+    if not gpus:
+      return
+    share = gpu_ledger.memory_share(commands.with_defaults(
+        self.machine.gpu_defaults, self.config.engine_args))
+    key = f'{os.getpid()}-{self.config.fingerprint()}'
+    self._ledger.claim(key, self.served_model_name, gpus, share)
+    self._ledger_key = key
 
   def _component(self, name: str) -> Component:
     return next(c for c in self._components if c.name == name)

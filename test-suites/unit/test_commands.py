@@ -147,6 +147,17 @@ def test_mocker_engine_uses_its_own_flags(tiny_model):
   assert '--kv-events-config' not in argv  # not a mocker flag
 
 
+def test_mocker_declares_a_gpu_share_but_never_gets_the_flag(tiny_model):
+  config = StackConfig(
+      tiny_model, use_dynamo=True, engine='mocker', gpus=(0, ),
+      engine_args=(('gpu-memory-utilization', '0.4'), ('speedup-ratio', '0')))
+  launch = commands.engine_launch(config, PLACEMENT, PARENT)
+  assert '--gpu-memory-utilization' not in launch.argv
+  assert _flag(launch.argv, '--speedup-ratio') == '0'
+  assert 'CUDA_VISIBLE_DEVICES' not in launch.environ or (
+      launch.environ['CUDA_VISIBLE_DEVICES'] == PARENT.get('CUDA_VISIBLE_DEVICES'))
+
+
 def test_mocker_with_chat_template_serves_the_shadow_model_dir(tiny_model):
   config = StackConfig(
       tiny_model, use_dynamo=True, engine='mocker', chat_template='{{ x }}')

@@ -1,5 +1,6 @@
 """Handler options are validated when the pipeline is built."""
 
+import dataclasses
 import json
 
 import pytest
@@ -253,12 +254,65 @@ def test_topologies_that_are_fine():
   assert handler.stack_config.router_mode == 'random'
 
 
-def test_mocker_takes_num_engines_but_not_gpus(tiny_model):
+def test_mocker_takes_num_engines_and_declared_gpus_but_not_tp(tiny_model):
   VLLMCompletionsModelHandler(
       tiny_model, use_dynamo=True, engine='mocker', num_engines=3)
+  # gpus on the mocker declare GPUs for the ledger (it still runs on CPU),
+  # whatever the number of engines.
+  handler = VLLMCompletionsModelHandler(
+      tiny_model, use_dynamo=True, engine='mocker', gpus=[0], num_engines=2)
+  assert handler.stack_config.gpus == (0, )
   with pytest.raises(ConfigError, match='mocker runs on the CPU'):
     VLLMCompletionsModelHandler(
-        tiny_model, use_dynamo=True, engine='mocker', gpus=[0])
+        tiny_model, use_dynamo=True, engine='mocker', tensor_parallel_size=2)
+
+
+_POLICY_VARIANTS = [
+    dict(startup_timeout_s=30), dict(max_restarts=0), dict(keep_alive_s=9),
+    dict(liveness_interval_s=0.5), dict(restart_window_s=5),
+    dict(shutdown_grace_s=2), dict(request_timeout_s=5),
+    dict(max_request_retries=1), dict(failed_elements='return'),
+]
+
+
+@pytest.mark.parametrize('variant', _POLICY_VARIANTS, ids=lambda v: list(v)[0])
+def test_policies_never_split_a_stack(tiny_model, variant):
+  base = VLLMCompletionsModelHandler(tiny_model, use_dynamo=True)
+  other = VLLMCompletionsModelHandler(tiny_model, use_dynamo=True, **variant)
+  assert (other.stack_config.fingerprint() ==
+          base.stack_config.fingerprint())
+
+
+def test_completions_and_chat_without_template_share_a_stack(tiny_model):
+  completions = VLLMCompletionsModelHandler(tiny_model, use_dynamo=True)
+  chat = VLLMChatModelHandler(tiny_model, None, use_dynamo=True)
+  assert (chat._worker_config().fingerprint() ==
+          completions._worker_config().fingerprint())
+  # Two chat handlers with the same template text share too.
+  with_template = StackConfig(tiny_model, use_dynamo=True, chat_template='{{x}}')
+  assert with_template.fingerprint() == dataclasses.replace(
+      with_template, startup_timeout_s=1).fingerprint()
+  assert with_template.fingerprint() != completions.stack_config.fingerprint()
+
+
+@pytest.mark.parametrize('change', [
+    dict(model='other'), dict(engine_args=(('dtype', 'half'), )),
+    dict(frontend_args=(('x', None), )), dict(chat_template='{{x}}'),
+    dict(gpus=(0, )), dict(num_engines=2), dict(router_mode='kv'),
+    dict(adapt_to_gpu=False), dict(etcd_binary='/bin/etcd'),
+    dict(engine_env=(('A', '1'), )), dict(use_dynamo=False),
+], ids=lambda c: list(c)[0])
+def test_what_runs_is_the_identity(change):
+  base = StackConfig('m', use_dynamo=True)
+  assert dataclasses.replace(base, **change).fingerprint() != base.fingerprint()
+
+
+def test_policy_lists_the_supervision_fields():
+  config = StackConfig('m', startup_timeout_s=7, keep_alive_s=3)
+  assert config.policy() == {
+      'startup_timeout_s': 7, 'liveness_interval_s': 1.0, 'max_restarts': 3,
+      'restart_window_s': 600.0, 'shutdown_grace_s': 10.0}
+  assert 'keep_alive_s' not in config.identity()
 
 
 def test_several_engines_and_routers_need_dynamo():

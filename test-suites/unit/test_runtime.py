@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from apache_beam_dynamo.runtime import protocol
+from apache_beam_dynamo.runtime.lease import Lease
 from apache_beam_dynamo.runtime.lease_server import (
     ABANDONED_GRACE_S, LeaseServer)
 from apache_beam_dynamo.runtime.protocol import StackState
@@ -149,9 +150,13 @@ class FakeLease:
     self.config, self.address = config, address
     self.started = self.stopped = 0
     self.stopped_event = threading.Event()
+    self.requested = []
 
   def start(self):
     self.started += 1
+
+  def request(self, config):
+    self.requested.append(config)
 
   def stop(self, *, wait=False):
     self.stopped += 1
@@ -165,7 +170,7 @@ def test_registry_shares_one_lease_per_config_and_releases_it_with_the_last_hold
   lease = registry.acquire(config, first)
   assert registry.acquire(config, second) is lease
   assert registry.acquire(config, first) is lease  # one holder counts once
-  other = registry.acquire(mocker_config(keep_alive_s=0, max_restarts=0), first)
+  other = registry.acquire(mocker_config(keep_alive_s=0, num_engines=2), first)
   assert other is not lease
   del first
   gc.collect()
@@ -186,3 +191,80 @@ def test_registry_keeps_a_released_lease_for_keep_alive_and_reuses_it():
   assert registry.acquire(config, again) is lease and lease.stopped == 0
   registry.close_all()
   assert lease.stopped == 1
+
+
+def test_registry_shares_a_lease_between_handlers_differing_in_policy():
+  registry = _Registry(lease_factory=FakeLease)
+  holder = Holder()
+  lease = registry.acquire(mocker_config(keep_alive_s=0), holder)
+  slow = mocker_config(keep_alive_s=600, startup_timeout_s=5, max_restarts=0)
+  assert registry.acquire(slow, holder) is lease
+  assert lease.requested == [slow]  # the lease compares it with the stack's
+  del holder
+  gc.collect()
+  assert lease.stopped == 0  # the longest keep_alive_s of the process wins
+  registry.close_all()
+  assert lease.stopped == 1
+
+
+def test_a_lease_warns_once_per_policy_the_stack_does_not_use(caplog):
+  lease = Lease(mocker_config(startup_timeout_s=30), '\0abd-unused')
+  assert lease.in_force('startup_timeout_s') == 30  # until the stack says
+  lease.request(mocker_config(startup_timeout_s=30, max_restarts=0))
+  started_by_another = mocker_config(startup_timeout_s=60, shutdown_grace_s=2)
+  state = StackState(protocol.READY, policy=started_by_another.policy())
+  lease._state = state
+  lease._warn_about_policies(state)
+  lease._warn_about_policies(state)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 3, warnings
+  text = '\n'.join(warnings)
+  for part in ('startup_timeout_s=60', 'startup_timeout_s=30',
+               'max_restarts=3', 'max_restarts=0', 'shutdown_grace_s=2',
+               'shutdown_grace_s=10'):
+    assert part in text, part
+  assert lease.in_force('startup_timeout_s') == 60
+
+
+def test_a_newcomer_while_the_stack_stops_waits_until_it_is_down(lease_server):
+  """The listener stays bound until the stack is down: no second supervisor
+  (and engine) can start while the GPU is still held."""
+  server, address = lease_server
+  stopping, down = threading.Event(), threading.Event()
+  stop = server.supervisor.stop
+
+  def slow_stop(grace_s=None):
+    stopping.set()
+    assert down.wait(10)
+    stop(grace_s)
+
+  server.supervisor.stop = slow_stop
+  owner = Client(address)
+  owner.next()
+  owner.send({'op': 'release'})
+  assert stopping.wait(10)
+  newcomer = Client(address)  # connects: the name is still bound
+  rival = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  with pytest.raises(OSError):
+    rival.bind(address)  # a second supervisor would exit: already running
+  down.set()
+  assert newcomer.next()['phase'] == protocol.STOPPED
+  assert owner.next()['phase'] == protocol.STOPPED
+  assert server.unused.wait(10)
+  rival.bind(address)  # now a fresh supervisor can start
+  rival.close()
+  owner.close(), newcomer.close()
+
+
+def test_a_holder_whose_stack_failed_drops_its_hold():
+  registry = _Registry(lease_factory=FakeLease)
+  holder = Holder()
+  lease = registry.acquire(mocker_config(keep_alive_s=0), holder)
+  registry.drop(lease, holder)
+  assert lease.stopped_event.wait(10) and lease.stopped == 1
+  registry.drop(lease, holder)  # twice: nothing more to drop
+  fresh = registry.acquire(mocker_config(keep_alive_s=0), holder)
+  assert fresh is not lease  # a retry gets a fresh lease
+  del holder
+  gc.collect()
+  assert fresh.stopped_event.wait(10) and lease.stopped == 1

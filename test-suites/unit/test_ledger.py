@@ -1,0 +1,142 @@
+"""The machine's GPU ledger (serving/ledger.py): what fits, what fails at
+once and how it says so, dead and stopping entries, the bounded wait."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from apache_beam_dynamo.errors import ComponentFailure
+from apache_beam_dynamo.serving import commands, gpu, ledger
+from apache_beam_dynamo.serving.ledger import Entry, Ledger
+from apache_beam_dynamo.serving.machine import Machine
+
+
+@pytest.fixture
+def book(tmp_path):
+  return Ledger(str(tmp_path / 'gpus.json'), wait_s=0.2, poll_s=0.01)
+
+
+def dead_pid() -> int:
+  child = subprocess.Popen([sys.executable, '-c', 'pass'])
+  child.wait()
+  return child.pid
+
+
+def put(book, key, **fields):
+  """Writes an entry as another supervisor would have."""
+  entry = Entry(**{'model': 'other', 'gpus': (0, ), 'share': 0.92,
+                   'pid': os.getpid(), **fields})
+  with book._locked() as entries:
+    entries[key] = entry
+
+
+def test_the_ledger_lives_in_a_per_user_dir_of_the_temp_dir(tmp_path):
+  path = ledger.default_path()
+  assert path.startswith(str(os.environ['TMPDIR']))
+  assert os.path.basename(os.path.dirname(path)) == f'abd-gpu-ledger-{os.getuid()}'
+  Ledger().claim('k', 'm', (0, ), 0.5)
+  assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == '0o700'
+
+
+def test_shares_that_fit_run_side_by_side(book):
+  book.claim('a', 'model-a', (0, ), 0.4)
+  book.claim('b', 'model-b', (0, ), 0.4)
+  book.claim('c', 'model-c', (1, ), 0.92)  # another GPU: no conflict
+  assert sorted(book.entries()) == ['a', 'b', 'c']
+  book.claim('d', 'model-d', (0, ), 0.2)  # 1.0 exactly still fits
+  assert book.entries()['d'].share == 0.2
+
+
+def test_a_stack_that_does_not_fit_fails_at_once_naming_the_one_there(book):
+  book.claim('a', 'model-a', (0, 1), 0.92)
+  with pytest.raises(ComponentFailure) as failure:
+    book.claim('b', 'model-b', (1, ), 0.5)
+  message = str(failure.value)
+  assert failure.value.component == 'gpu'
+  for part in ("'model-a'", 'GPUs [0, 1]', 'gpu-memory-utilization 0.92',
+               f'supervisor pid {os.getpid()}', "'model-b'", '1.42',
+               "'gpu-memory-utilization' in vllm_server_kwargs", 'gpus='):
+    assert part in message, part
+  assert sorted(book.entries()) == ['a']  # the loser recorded nothing
+
+
+def test_reclaiming_its_own_key_replaces_the_entry(book):
+  book.claim('a', 'model-a', (0, ), 0.92)
+  book.claim('a', 'model-a', (0, ), 0.92)  # a restart after a port conflict
+  assert list(book.entries()) == ['a']
+
+
+def test_entries_of_dead_or_reused_pids_are_pruned(book):
+  put(book, 'dead', pid=dead_pid())
+  put(book, 'reused', started=1)  # our pid, but another process's start time
+  book.claim('new', 'model-new', (0, ), 0.92)
+  assert list(book.entries()) == ['new']
+
+
+def test_an_unreadable_ledger_counts_as_empty(book):
+  with open(book.path, 'w') as f:
+    f.write('{not json')
+  book.claim('a', 'm', (0, ), 0.92)
+  assert list(book.entries()) == ['a']
+
+
+def test_a_stopping_stack_holds_its_gpus_until_released(book):
+  book.claim('old', 'model-old', (0, ), 0.92)
+  book.mark_stopping('old')
+  assert book.entries()['old'].state == ledger.STOPPING
+  book.release('old')
+  book.claim('new', 'model-new', (0, ), 0.92)
+  assert list(book.entries()) == ['new']
+
+
+class StopsWhileWaiting(Ledger):
+  """A ledger whose first pause sees the stopping stack finish stopping."""
+  pauses = 0
+
+  def _pause(self):
+    self.pauses += 1
+    self.release('old')
+
+
+def test_a_newcomer_waits_for_a_stopping_stack_then_starts(tmp_path):
+  book = StopsWhileWaiting(str(tmp_path / 'gpus.json'), wait_s=60)
+  book.claim('old', 'model-old', (0, ), 0.92)
+  book.mark_stopping('old')
+  book.claim('new', 'model-new', (0, ), 0.92)
+  assert book.pauses == 1 and list(book.entries()) == ['new']
+
+
+def test_the_wait_for_a_stopping_stack_is_bounded(book):
+  book.claim('old', 'model-old', (0, ), 0.92)
+  book.mark_stopping('old')
+  with pytest.raises(ComponentFailure, match=r'stopping\) already holds it '
+                     r'\(still there after waiting 0 s'):
+    book.claim('new', 'model-new', (0, ), 0.92)
+
+
+def test_a_running_conflict_fails_without_waiting(tmp_path):
+  book = StopsWhileWaiting(str(tmp_path / 'gpus.json'), wait_s=60)
+  book.claim('old', 'model-old', (0, ), 0.5)
+  book.mark_stopping('old')
+  book.claim('running', 'model-running', (0, ), 0.4)
+  with pytest.raises(ComponentFailure, match="'model-running'"):
+    book.claim('new', 'model-new', (0, ), 0.5)
+  assert book.pauses == 0
+
+
+def test_memory_share_comes_from_the_flags_then_the_gpu_then_vllm():
+  assert ledger.memory_share(()) == 0.92
+  assert ledger.memory_share((('gpu-memory-utilization', '0.4'), )) == 0.4
+  small = gpu.engine_defaults(gpu.GpuInfo('Tesla T4', 7.5, 15360))
+  assert ledger.memory_share(commands.with_defaults(small, ())) == 0.72
+  assert ledger.memory_share(commands.with_defaults(
+      small, (('gpu-memory-utilization', '0.3'), ))) == 0.3
+  assert ledger.memory_share((('gpu-memory-utilization', 'lots'), )) == 0.92
+
+
+def test_a_machine_holds_its_engines_gpus_and_the_mockers_declared_ones():
+  assert Machine(engine_gpus=((0, 1), (2, 3))).held_gpus == (0, 1, 2, 3)
+  assert Machine(engine_gpus=((), ), declared_gpus=(1, )).held_gpus == (1, )
+  assert Machine(engine_gpus=((), ())).held_gpus == ()
