@@ -15,6 +15,11 @@ class ConfigError(DynamoHandlerError, ValueError):
   """A handler option is invalid; raised when the pipeline is built."""
 
 
+class HTTPError(DynamoHandlerError):
+  """An HTTP exchange with the stack did not complete (refused, reset,
+  closed, malformed, timed out)."""
+
+
 class NoFreePortError(DynamoHandlerError):
   """No free loopback port in the allowed range."""
 

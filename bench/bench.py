@@ -83,7 +83,7 @@ def run_ceiling(args) -> dict:
   ]
   timing.mark_start(None)
   replies = shared_client().post_all(
-      state.base_url + '/v1/completions', bodies,
+      'bench', state.base_url + '/v1/completions', bodies,
       concurrency=args.concurrency, timeout_s=600)
   timing.RESULT_TIMES.extend([time.monotonic()] * len(replies))
   tokens = sum(json.loads(r.body)['usage']['completion_tokens'] for r in replies)

@@ -137,7 +137,7 @@ def run_ceiling(args, prompts) -> dict:
     }).encode() for p in prompts]
     began = time.monotonic()
     replies = shared_client().post_all(
-        state.base_url + '/v1/completions', bodies,
+        'bench', state.base_url + '/v1/completions', bodies,
         concurrency=args.concurrency, timeout_s=600)
     span = time.monotonic() - began
     tokens = sum(json.loads(r.body)['usage']['completion_tokens']

@@ -33,7 +33,7 @@ import urllib.parse
 
 async def _run_lean(url: str, bodies: list[bytes], concurrency: int):
   try:
-    from apache_beam_dynamo.client.transport import ConnectionPool
+    from apache_beam_dynamo.net.transport import ConnectionPool
   except ImportError:  # the flat layout before issue 14's refactor
     from apache_beam_dynamo.transport import ConnectionPool
   parsed = urllib.parse.urlsplit(url)

@@ -22,7 +22,8 @@ from apache_beam_dynamo.beam.requests import OpenAIChatMessage
 from apache_beam_dynamo.client import shared as client
 from apache_beam_dynamo.config import chat_template
 from apache_beam_dynamo.config import inference_args as args_schema
-from apache_beam_dynamo.config.stack import RequestConfig, StackConfig
+from apache_beam_dynamo.config.request import RequestConfig
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.errors import DynamoHandlerError, InvalidElementError
 from apache_beam_dynamo.runtime.lease import Lease
 from apache_beam_dynamo.runtime.registry import registry

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from apache_beam_dynamo.config import chat_template
-from apache_beam_dynamo.config.stack import (
-    RequestConfig, StackConfig, normalize_server_kwargs)
+from apache_beam_dynamo.config.request import RequestConfig
+from apache_beam_dynamo.config.server_args import normalize_server_kwargs
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.errors import ConfigError
 
 FAILED_ELEMENT_MODES = ('dead_letter', 'raise', 'return')

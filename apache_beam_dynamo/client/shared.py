@@ -23,10 +23,11 @@ import time
 import urllib.parse
 from typing import Any, Callable, Optional, Sequence, Union
 
-from apache_beam_dynamo.config.stack import RequestConfig
+from apache_beam_dynamo.config.request import RequestConfig
 from apache_beam_dynamo.errors import RequestFailedError
 from apache_beam_dynamo.runtime.lease import Lease
-from apache_beam_dynamo.client.transport import ConnectionPool, HTTPError
+from apache_beam_dynamo.errors import HTTPError
+from apache_beam_dynamo.net.transport import ConnectionPool
 
 _MAX_BACKOFF_S = 30.0
 # 404 is transient here: the frontend answers it while a restarted engine has
@@ -61,13 +62,18 @@ def error_message(reply: Reply) -> str:
 
 
 class SharedClient:
-  """An event loop thread with one connection pool per server."""
+  """An event loop thread with one connection pool per stack.
+
+  A pool is keyed by its stack (the lease's address), not by the server's
+  port: when a stack moves to new ports the old pool is closed and
+  replaced, so pools never pile up.
+  """
   def __init__(self):
     self._loop = asyncio.new_event_loop()
     self._thread = threading.Thread(
         target=self._loop.run_forever, name='abd-client', daemon=True)
     self._thread.start()
-    self._pools: dict[tuple[str, int], ConnectionPool] = {}
+    self._pools: dict[str, ConnectionPool] = {}
     atexit.register(self.close)
 
   def close(self) -> None:
@@ -82,21 +88,32 @@ class SharedClient:
 
   def post_all(
       self,
+      stack: str,
       url: str,
       bodies: Sequence[bytes],
       *,
       concurrency: int,
       timeout_s: float) -> list[Union[Reply, TransportError]]:
-    """POSTs every body to ``url`` concurrently; one reply per body."""
+    """POSTs every body to ``url`` of ``stack`` concurrently; one reply per
+    body. ``concurrency`` bounds the requests in flight to that stack from
+    this process (the pool's size), whatever the number of batches."""
     return asyncio.run_coroutine_threadsafe(
-        self._post_all(url, bodies, concurrency, timeout_s), self._loop).result()
+        self._post_all(stack, url, bodies, concurrency, timeout_s),
+        self._loop).result()
 
-  async def _post_all(self, url, bodies, concurrency, timeout_s):
-    parsed = urllib.parse.urlsplit(url)
-    key = (parsed.hostname, parsed.port)
-    pool = self._pools.get(key)
+  def _pool(self, stack: str, address: tuple[str, int],
+            size: int) -> ConnectionPool:
+    pool = self._pools.get(stack)
+    if pool is not None and pool.address != address:
+      pool.close()  # the stack moved to new ports
+      pool = None
     if pool is None:
-      pool = self._pools[key] = ConnectionPool(*key, size=concurrency)
+      pool = self._pools[stack] = ConnectionPool(*address, size=size)
+    return pool
+
+  async def _post_all(self, stack, url, bodies, concurrency, timeout_s):
+    parsed = urllib.parse.urlsplit(url)
+    pool = self._pool(stack, (parsed.hostname, parsed.port), concurrency)
     replies: list = [None] * len(bodies)
     pending = iter(range(len(bodies)))
 
@@ -172,6 +189,7 @@ def send(
   while pending:
     state = stack.wait_ready()
     replies = shared_client().post_all(
+        stack.address,
         state.base_url + route, [bodies[i] for i in pending],
         concurrency=config.concurrency(state.engines, state.max_num_seqs),
         timeout_s=config.request_timeout_s)

@@ -1,45 +1,30 @@
-"""Typed, frozen configuration, validated when the pipeline is built.
+"""What runs on each worker: ``StackConfig``, typed and frozen, validated
+when the pipeline is built.
 
 A bad option must fail on the user's machine, before a Dataflow job starts,
 so every check that does not need the worker (its GPU, its etcd, its files)
-runs in ``__post_init__``.
+runs here: each field declares what it accepts (config/checks.py), and
+``__post_init__`` adds the rules that relate fields.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
+from apache_beam_dynamo.config import checks
+from apache_beam_dynamo.config.checks import checked
+from apache_beam_dynamo.config.model_dir import (
+    check_mocker_model_dir, looks_like_local_path)
+from apache_beam_dynamo.config.server_args import (
+    DYNAMO_ENGINE_MANAGED, FRONTEND_MANAGED, NATIVE_MANAGED, SERVED_NAME_FLAGS,
+    ServerArgs, reject_managed)
 from apache_beam_dynamo.config.topology import engine_groups
 from apache_beam_dynamo.errors import ConfigError
 
 ENGINES = ('vllm', 'mocker')
 ROUTER_MODES = ('round-robin', 'random', 'kv')
-
-# Flags the stack owns: ports, hosts and discovery settings that keep every
-# socket on loopback and every stack in its own namespace. A user value equal
-# to ours is accepted (apache-beam 2.77 users often pass the defaults).
-_FRONTEND_MANAGED = {
-    'http-host': None,
-    'http-port': None,
-    'namespace': None,
-    'discovery-backend': 'etcd',
-    'request-plane': 'tcp',
-    'event-plane': 'zmq',
-}
-_DYNAMO_ENGINE_MANAGED = {
-    'tensor-parallel-size': None,
-    'model': None,
-    'model-path': None,
-    'namespace': None,
-    'discovery-backend': 'etcd',
-    'request-plane': 'tcp',
-    'event-plane': 'zmq',
-}
-_NATIVE_MANAGED = {
-    'model': None, 'host': None, 'port': None, 'tensor-parallel-size': None
-}
 
 # Supervision policy: how a stack is kept up, not what runs. Never part of a
 # stack's identity (fingerprint): handlers that differ only here share one
@@ -48,109 +33,6 @@ _NATIVE_MANAGED = {
 SUPERVISION_POLICY = ('startup_timeout_s', 'liveness_interval_s',
                       'max_restarts', 'restart_window_s', 'shutdown_grace_s')
 _NOT_IDENTITY = SUPERVISION_POLICY + ('keep_alive_s', )
-
-# Flags that carry the served model name, per engine program.
-SERVED_NAME_FLAGS = ('served-model-name', 'model-name')
-
-ServerArgs = tuple[tuple[str, Optional[str]], ...]
-
-# Default requests in flight per engine. On an H100, 512 gave vLLM 28%
-# more tokens/s than 256 (docs/gpu.md); an engine whose max-num-seqs is
-# set lower (a T4 gets 32) gets QUEUED_PER_SEQUENCE times that instead, so
-# a queue deep enough to refill its batch, not one that times out.
-REQUESTS_PER_ENGINE = 512
-QUEUED_PER_SEQUENCE = 4
-
-
-def normalize_server_kwargs(
-    kwargs: Optional[Mapping[str, Any]], what: str) -> ServerArgs:
-  """Turns ``{'max_num_seqs': 32, 'enforce-eager': None}`` into flag pairs.
-
-  Keys may be written with dashes or underscores and with or without leading
-  dashes; values are strings, numbers or None for a bare flag.
-  """
-  if kwargs is None:
-    return ()
-  if not isinstance(kwargs, Mapping):
-    raise ConfigError(
-        f'{what} must be a dict of flag name to value, got '
-        f'{type(kwargs).__name__}.')
-  pairs = []
-  for key, value in kwargs.items():
-    if not isinstance(key, str) or not key.strip('-'):
-      raise ConfigError(f'{what}: flag names must be non-empty strings, '
-                        f'got {key!r}.')
-    flag = key.strip().lstrip('-').replace('_', '-')
-    if value is None or value is True:
-      pairs.append((flag, None))
-    elif value is False:
-      raise ConfigError(
-          f'{what}[{key!r}] is False. To turn a flag off pass its negative '
-          f"form, e.g. {{'no-{flag}': None}}; to leave it out, omit the key.")
-    elif isinstance(value, (str, int, float)):
-      pairs.append((flag, str(value)))
-    else:
-      raise ConfigError(
-          f'{what}[{key!r}] must be a string, a number or None, got '
-          f'{type(value).__name__}.')
-  return tuple(pairs)
-
-
-def _reject_managed(args: ServerArgs, managed: Mapping[str, Optional[str]],
-                    what: str) -> None:
-  for flag, value in args:
-    if flag in managed and (managed[flag] is None or value != managed[flag]):
-      raise ConfigError(
-          f'{what} sets --{flag}, which apache_beam_dynamo manages itself (it '
-          'keeps every socket on 127.0.0.1 and each stack in its own '
-          f'namespace). Remove {flag!r} from {what}.')
-
-
-def _positive(name: str, value: float) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConfigError(f'{name} must be a number, got {value!r}.')
-  if value <= 0:
-    raise ConfigError(f'{name} must be positive, got {value!r}.')
-
-
-def _positive_int(name: str, value: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ConfigError(f'{name} must be a positive integer, got {value!r}.')
-
-
-def looks_like_local_path(model: str) -> bool:
-  return model.startswith(('/', '.', '~')) or os.path.exists(model)
-
-
-def check_mocker_model_dir(path: str) -> None:
-  """The mocker needs config and tokenizer files (no weights): a local model
-  directory, or a hub id already in the local Hugging Face cache."""
-  if not looks_like_local_path(path):
-    return
-  if not os.path.isdir(path):
-    raise ConfigError(
-        f'Model directory {path!r} does not exist. engine="mocker" needs a '
-        'directory holding config.json, tokenizer.json and '
-        'tokenizer_config.json, e.g. apache_beam_dynamo.TINY_MODEL_DIR.')
-  missing = [
-      name for name in ('config.json', 'tokenizer.json', 'tokenizer_config.json')
-      if not os.path.isfile(os.path.join(path, name))
-  ]
-  if missing:
-    raise ConfigError(
-        f'Model directory {path!r} lacks {", ".join(missing)}; the Dynamo '
-        'frontend needs the tokenizer and config files to serve it.')
-  try:
-    with open(os.path.join(path, 'config.json')) as f:
-      architectures = json.load(f).get('architectures')
-  except (OSError, ValueError) as e:
-    raise ConfigError(f'{path}/config.json is not readable JSON: {e}') from e
-  if not architectures:
-    raise ConfigError(
-        f'{path}/config.json has no "architectures" list; the Dynamo frontend '
-        'rejects such a model ("missing field architectures"). Add e.g. '
-        '"architectures": ["Qwen3ForCausalLM"].')
-
 
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
@@ -190,32 +72,37 @@ class StackConfig:
       from every engine).
   """
   model: str
-  use_dynamo: bool = False
-  engine: str = 'vllm'
+  use_dynamo: bool = checked(False, checks.boolean)
+  engine: str = checked('vllm', checks.one_of(*ENGINES))
   engine_args: ServerArgs = ()
   frontend_args: ServerArgs = ()
   chat_template: Optional[str] = None
   etcd_binary: Optional[str] = None
-  engine_env: tuple[tuple[str, str], ...] = ()
-  startup_timeout_s: float = 1200.0
-  liveness_interval_s: float = 1.0
-  max_restarts: int = 3
-  restart_window_s: float = 600.0
-  shutdown_grace_s: float = 10.0
-  keep_alive_s: float = 2.0
-  adapt_to_gpu: bool = True
-  gpus: Optional[tuple[int, ...]] = None
-  tensor_parallel_size: int = 1
-  num_engines: Optional[int] = None
-  router_mode: str = 'round-robin'
+  engine_env: tuple[tuple[str, str], ...] = checked((), checks.string_pairs)
+  startup_timeout_s: float = checked(1200.0, checks.positive)
+  liveness_interval_s: float = checked(1.0, checks.positive)
+  max_restarts: int = checked(3, checks.non_negative_int)
+  restart_window_s: float = checked(600.0, checks.positive)
+  shutdown_grace_s: float = checked(10.0, checks.positive)
+  keep_alive_s: float = checked(2.0, checks.non_negative)
+  adapt_to_gpu: bool = checked(True, checks.boolean)
+  gpus: Optional[tuple[int, ...]] = checked(None, checks.optional(checks.gpu_ids))
+  tensor_parallel_size: int = checked(1, checks.positive_int)
+  num_engines: Optional[int] = checked(None, checks.optional(checks.positive_int))
+  router_mode: str = checked('round-robin', checks.one_of(*ROUTER_MODES))
 
   def __post_init__(self):
     if not isinstance(self.model, str) or not self.model.strip():
       raise ConfigError(
           f'model_name must be a non-empty string, got {self.model!r}.')
-    if self.engine not in ENGINES:
-      raise ConfigError(
-          f'engine must be one of {ENGINES}, got {self.engine!r}.')
+    if self.etcd_binary is not None and (not isinstance(self.etcd_binary, str)
+                                         or not self.etcd_binary):
+      raise ConfigError(f'etcd_binary must be a path, got {self.etcd_binary!r}')
+    checks.check_fields(self)
+    self._check_engine()
+    self._check_topology()
+
+  def _check_engine(self) -> None:
     if self.engine == 'mocker':
       if not self.use_dynamo:
         raise ConfigError(
@@ -223,63 +110,22 @@ class StackConfig:
             'use_dynamo=True.')
       check_mocker_model_dir(self.model)
     if self.use_dynamo:
-      _reject_managed(
-          self.engine_args, _DYNAMO_ENGINE_MANAGED, 'vllm_server_kwargs')
-      _reject_managed(
-          self.frontend_args, _FRONTEND_MANAGED, 'dynamo_frontend_kwargs')
+      reject_managed(
+          self.engine_args, DYNAMO_ENGINE_MANAGED, 'vllm_server_kwargs')
+      reject_managed(
+          self.frontend_args, FRONTEND_MANAGED, 'dynamo_frontend_kwargs')
     else:
-      _reject_managed(self.engine_args, _NATIVE_MANAGED, 'vllm_server_kwargs')
+      reject_managed(self.engine_args, NATIVE_MANAGED, 'vllm_server_kwargs')
       if self.frontend_args:
         raise ConfigError(
             'dynamo_frontend_kwargs only apply with use_dynamo=True.')
-    for key, value in self.engine_env:
-      if not isinstance(key, str) or not key or not isinstance(value, str):
-        raise ConfigError(
-            f'engine_env must map names to strings, got {key!r}: {value!r}.')
-    self._check_topology()
-    if not isinstance(self.adapt_to_gpu, bool):
-      raise ConfigError(
-          f'adapt_to_gpu must be True or False, got {self.adapt_to_gpu!r}.')
-    if self.etcd_binary is not None and (not isinstance(self.etcd_binary, str)
-                                         or not self.etcd_binary):
-      raise ConfigError(f'etcd_binary must be a path, got {self.etcd_binary!r}')
-    for name in ('startup_timeout_s', 'liveness_interval_s', 'restart_window_s',
-                 'shutdown_grace_s'):
-      _positive(name, getattr(self, name))
-    if (isinstance(self.keep_alive_s, bool) or
-        not isinstance(self.keep_alive_s, (int, float)) or
-        self.keep_alive_s < 0):
-      raise ConfigError(
-          f'keep_alive_s must be a number >= 0, got {self.keep_alive_s!r}.')
-    if (isinstance(self.max_restarts, bool) or
-        not isinstance(self.max_restarts, int) or self.max_restarts < 0):
-      raise ConfigError(
-          f'max_restarts must be an integer >= 0, got {self.max_restarts!r}.')
 
   def _check_topology(self) -> None:
-    _positive_int('tensor_parallel_size', self.tensor_parallel_size)
-    if self.num_engines is not None:
-      _positive_int('num_engines', self.num_engines)
-    if self.router_mode not in ROUTER_MODES:
-      raise ConfigError(
-          f'router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}.')
     for flag, value in self.frontend_args:
       if flag == 'router-mode' and value != self.router_mode:
         raise ConfigError(
             f"dynamo_frontend_kwargs sets --router-mode {value}; pass "
             f"router_mode={value!r} instead (engines need to know it too).")
-    if self.gpus is not None:
-      if (not isinstance(self.gpus, tuple) or not self.gpus or any(
-          isinstance(g, bool) or not isinstance(g, int) or g < 0
-          for g in self.gpus)):
-        raise ConfigError(
-            f'gpus must be a non-empty list of GPU ids (ints >= 0), got '
-            f'{self.gpus!r}.')
-      repeated = sorted({g for g in self.gpus if self.gpus.count(g) > 1})
-      if repeated:
-        raise ConfigError(
-            f'gpus lists GPU {repeated} more than once: engines would '
-            'overlap. List each GPU once.')
     if self.engine == 'mocker' or not self.use_dynamo:
       # The mocker runs on the CPU; gpus only declares GPUs for the machine's
       # GPU ledger (tests of GPU sharing), never pins it.
@@ -352,45 +198,3 @@ class StackConfig:
     from apache_beam_dynamo import __version__
     identity = json.dumps(self.identity(), sort_keys=True)
     return hashlib.sha256(f'{__version__}\n{identity}'.encode()).hexdigest()[:24]
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestConfig:
-  """How the shared client talks to the stack.
-
-  Attributes:
-    max_concurrent_requests: requests in flight per process; None means,
-      per engine of the stack, 512, or 4 x the engine's max-num-seqs when
-      that is set lower: enough to keep each engine's batch full.
-    request_timeout_s: one request's deadline, generation included.
-    max_request_retries: retries of a transient failure (connection refused
-      or reset, 429, 5xx, timeout) while the stack reports ready. Waiting for
-      a restarting stack does not use them up.
-    retry_backoff_s: first retry delay; it doubles up to 30 s.
-  """
-  max_concurrent_requests: Optional[int] = None
-  request_timeout_s: float = 600.0
-  max_request_retries: int = 5
-  retry_backoff_s: float = 0.5
-
-  def __post_init__(self):
-    if self.max_concurrent_requests is not None:
-      _positive_int('max_concurrent_requests', self.max_concurrent_requests)
-    _positive('request_timeout_s', self.request_timeout_s)
-    _positive('retry_backoff_s', self.retry_backoff_s)
-    if (isinstance(self.max_request_retries, bool) or
-        not isinstance(self.max_request_retries, int) or
-        self.max_request_retries < 0):
-      raise ConfigError(
-          'max_request_retries must be an integer >= 0, got '
-          f'{self.max_request_retries!r}.')
-
-  def concurrency(self, engines: int, max_num_seqs: Optional[int] = None) -> int:
-    """Requests in flight for a stack with ``engines`` engines, each running
-    at most ``max_num_seqs`` sequences at once (None: the engine's default)."""
-    if self.max_concurrent_requests:
-      return self.max_concurrent_requests
-    per_engine = REQUESTS_PER_ENGINE
-    if max_num_seqs:
-      per_engine = min(per_engine, QUEUED_PER_SEQUENCE * max_num_seqs)
-    return per_engine * engines

@@ -16,7 +16,9 @@ import os
 import sys
 from typing import Mapping
 
-from apache_beam_dynamo.config.stack import SERVED_NAME_FLAGS, ServerArgs, StackConfig
+from apache_beam_dynamo.config.server_args import SERVED_NAME_FLAGS, ServerArgs
+
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.processes.launch import Launch
 from apache_beam_dynamo.serving.placement import Placement
 

@@ -5,15 +5,16 @@ lease that expires about 10 s after the worker dies. Until then the frontend
 keeps routing requests to the dead worker, which fail. When the supervisor
 replaces a dead engine it first revokes the leases of registrations whose
 request-plane address no longer accepts connections, so the frontend drops
-them at once. Uses etcd's JSON gateway; stdlib only.
+them at once. Uses etcd's JSON gateway through net/transport.py.
 """
 
 import base64
 import json
 import logging
 import socket
-import urllib.error
-import urllib.request
+
+from apache_beam_dynamo.errors import HTTPError
+from apache_beam_dynamo.net import transport
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ def _prefix_end(prefix: str) -> str:
 
 
 def _post(etcd_url: str, path: str, body: dict) -> dict:
-  request = urllib.request.Request(
-      etcd_url.rstrip('/') + path, json.dumps(body).encode(),
-      {'Content-Type': 'application/json'})
-  with urllib.request.urlopen(request, timeout=3) as response:
-    return json.loads(response.read())
+  status, reply = transport.request(
+      etcd_url.rstrip('/') + path, 'POST', json.dumps(body).encode(), 3.0)
+  if status != 200:
+    raise HTTPError(f'etcd {path}: HTTP {status}: {reply[:200]!r}')
+  return json.loads(reply)
 
 
 def instances(etcd_url: str, namespace: str) -> list[tuple[str, str]]:
@@ -73,7 +74,7 @@ def revoke_dead(etcd_url: str, namespace: str) -> int:
     }
     for lease in dead:
       _post(etcd_url, '/v3/lease/revoke', {'ID': lease})
-  except (OSError, urllib.error.URLError, ValueError) as e:
+  except (HTTPError, OSError, ValueError) as e:
     _LOGGER.warning('Could not clean up dead worker registrations: %s', e)
     return 0
   if dead:

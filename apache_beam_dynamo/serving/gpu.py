@@ -13,7 +13,7 @@ import logging
 import subprocess
 from typing import Mapping, Optional
 
-from apache_beam_dynamo.config.stack import ServerArgs
+from apache_beam_dynamo.config.server_args import ServerArgs
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Callable, Iterator, Optional
 
-from apache_beam_dynamo.config.stack import ServerArgs
+from apache_beam_dynamo.config.server_args import ServerArgs
 from apache_beam_dynamo.errors import ComponentFailure
 
 _LOGGER = logging.getLogger(__name__)

@@ -13,8 +13,11 @@ import os
 import shutil
 from typing import Mapping, Optional
 
-from apache_beam_dynamo.config.stack import (
-    ServerArgs, StackConfig, looks_like_local_path)
+from apache_beam_dynamo.config.model_dir import looks_like_local_path
+
+from apache_beam_dynamo.config.server_args import ServerArgs
+
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.config.topology import engine_groups
 from apache_beam_dynamo.errors import ComponentFailure
 from apache_beam_dynamo.serving import gpu

@@ -1,13 +1,12 @@
-"""Readiness and liveness probes: small HTTP calls on loopback.
+"""Readiness and liveness probes: small HTTP calls on loopback, through the
+package's one HTTP stack (net/transport.py)."""
 
-Stdlib only: the supervisor that runs them must start fast and must not
-depend on Beam or an async HTTP stack.
-"""
-
-import http.client
 import json
 import urllib.parse
 from typing import Optional
+
+from apache_beam_dynamo.errors import HTTPError
+from apache_beam_dynamo.net import transport
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -18,25 +17,15 @@ def _request(
     path: str,
     body: Optional[dict] = None,
     timeout: float = PROBE_TIMEOUT_S) -> tuple[int, bytes]:
-  """One HTTP exchange; raises OSError (incl. timeouts) when it can't finish."""
-  parsed = urllib.parse.urlsplit(base_url)
-  conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
-  try:
-    payload = None if body is None else json.dumps(body).encode()
-    headers = {} if body is None else {'Content-Type': 'application/json'}
-    conn.request(method, path, body=payload, headers=headers)
-    response = conn.getresponse()
-    return response.status, response.read()
-  except http.client.HTTPException as e:
-    raise OSError(f'{method} {base_url}{path}: {e!r}') from e
-  finally:
-    conn.close()
+  """One HTTP exchange; raises HTTPError when it can't finish."""
+  payload = b'' if body is None else json.dumps(body).encode()
+  return transport.request(base_url + path, method, payload, timeout)
 
 
 def get_ok(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
   try:
     status, _ = _request(base_url, 'GET', path, timeout=timeout)
-  except OSError:
+  except HTTPError:
     return False
   return status == 200
 
@@ -46,7 +35,7 @@ def get_text(base_url: str, path: str,
   """The body of a 200 reply (None for any other outcome)."""
   try:
     status, body = _request(base_url, 'GET', path, timeout=timeout)
-  except OSError:
+  except HTTPError:
     return None
   return body.decode('utf-8', errors='replace') if status == 200 else None
 
@@ -60,7 +49,7 @@ def answers(base_url: str, path: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
   """
   try:
     _request(base_url, 'GET', path, timeout=timeout)
-  except OSError:
+  except HTTPError:
     return False
   return True
 
@@ -69,7 +58,7 @@ def etcd_healthy(client_url: str) -> bool:
   try:
     status, body = _request(client_url, 'GET', '/health')
     return status == 200 and json.loads(body).get('health') == 'true'
-  except (OSError, ValueError):
+  except (HTTPError, ValueError):
     return False
 
 
@@ -79,7 +68,7 @@ def model_listed(base_url: str, model: str) -> bool:
     status, body = _request(base_url, 'GET', '/v1/models')
     return status == 200 and any(
         entry.get('id') == model for entry in json.loads(body).get('data', []))
-  except (OSError, ValueError, AttributeError):
+  except (HTTPError, ValueError, AttributeError):
     return False
 
 
@@ -95,7 +84,7 @@ def model_ready(base_url: str, model: str) -> bool:
   try:
     status, body = _request(base_url, 'GET', path)
     return status == 200 and json.loads(body).get('ready') is True
-  except (OSError, ValueError, AttributeError):
+  except (HTTPError, ValueError, AttributeError):
     return False
 
 
@@ -110,7 +99,7 @@ def model_workers(base_url: str, model: str) -> int:
     return sum(
         kind.get('workers', 0) for ns in namespaces.values()
         for kind in ns.get('worker_types', {}).values())
-  except (OSError, ValueError, AttributeError):
+  except (HTTPError, ValueError, AttributeError):
     return 0
 
 
@@ -124,7 +113,7 @@ def warm_up(base_url: str, model: str, timeout: float) -> Optional[str]:
   try:
     status, text = _request(
         base_url, 'POST', '/v1/completions', body, timeout=timeout)
-  except OSError as e:
+  except HTTPError as e:
     return f'warm-up request failed: {e}'
   if status != 200:
     return f'warm-up request got HTTP {status}: {text[:300]!r}'

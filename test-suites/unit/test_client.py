@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from apache_beam_dynamo.client import shared as client
-from apache_beam_dynamo.config.stack import RequestConfig
+from apache_beam_dynamo.config.request import RequestConfig
 from apache_beam_dynamo.errors import RequestFailedError
 from apache_beam_dynamo.runtime.protocol import StackState
 
@@ -43,6 +43,7 @@ class FakeStack:
   """Stands in for Lease: always ready at the server's address."""
   def __init__(self, base_url):
     self.state = StackState('ready', base_url=base_url, model='m')
+    self.address = base_url  # one pool per stack
     self.checks = 0
 
   def wait_ready(self, timeout_s=None):

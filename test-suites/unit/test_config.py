@@ -7,8 +7,9 @@ import pytest
 
 from apache_beam_dynamo import VLLMChatModelHandler, VLLMCompletionsModelHandler
 from apache_beam_dynamo.serving import gpu
-from apache_beam_dynamo.config.stack import (
-    RequestConfig, StackConfig, normalize_server_kwargs)
+from apache_beam_dynamo.config.request import RequestConfig
+from apache_beam_dynamo.config.server_args import normalize_server_kwargs
+from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.errors import ConfigError
 from apache_beam_dynamo.serving.machine import Machine
 from apache_beam_dynamo.serving.stacks import DynamoStack

@@ -1,4 +1,5 @@
-"""The lean HTTP/1.1 client against real local servers."""
+"""The package's HTTP/1.1 transport against real local servers: the
+shared client's keep-alive pool and the one-shot request of the probes."""
 
 import asyncio
 import socket
@@ -6,7 +7,9 @@ import threading
 
 import pytest
 
-from apache_beam_dynamo.client.transport import ConnectionPool, HTTPError
+from apache_beam_dynamo.errors import HTTPError
+from apache_beam_dynamo.net import transport
+from apache_beam_dynamo.net.transport import ConnectionPool
 
 
 class RawServer:
@@ -95,6 +98,47 @@ def test_chunked_reply(raw_server):
   server = raw_server([chunked])
   assert post_many(server.port, [b'{}'] * 2) == [(400, b'{"a": 1}')] * 2
   assert server.connections == 1
+
+
+def test_chunked_reply_with_trailers_keeps_the_connection_in_step(raw_server):
+  # Trailer fields after the last chunk belong to the reply: left unread
+  # they would be taken for the next reply's status line.
+  chunked = (b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n'
+             b'2\r\n{}\r\n0\r\nx-checksum: abc\r\nx-other: 1\r\n\r\n')
+  server = raw_server([chunked])
+  assert post_many(server.port, [b'{}'] * 3) == [(200, b'{}')] * 3
+  assert server.connections == 1 and server.requests == 3
+
+
+def test_one_shot_request_for_probes(raw_server):
+  server = raw_server([b'HTTP/1.1 503 Service Unavailable\r\n'
+                       b'content-length: 8\r\n\r\nnotready'])
+  url = f'http://127.0.0.1:{server.port}'
+  assert transport.request(url + '/health') == (503, b'notready')
+  assert transport.request(url + '/v3/kv/range', 'POST', b'{}') == (
+      503, b'notready')
+  assert server.connections == 2
+
+
+def test_one_shot_request_reads_a_reply_ended_by_close(raw_server):
+  server = raw_server([b'HTTP/1.1 200 OK\r\n\r\nuntil close'],
+                      close_after=True)
+  assert transport.request(f'http://127.0.0.1:{server.port}/metrics') == (
+      200, b'until close')
+
+
+def test_one_shot_request_failures_are_http_errors():
+  silent = socket.socket()
+  silent.bind(('127.0.0.1', 0))
+  silent.listen()
+  port = silent.getsockname()[1]
+  try:
+    with pytest.raises(HTTPError, match='no reply within'):
+      transport.request(f'http://127.0.0.1:{port}/live', timeout_s=0.3)
+  finally:
+    silent.close()
+  with pytest.raises(HTTPError, match='cannot connect'):
+    transport.request(f'http://127.0.0.1:{port}/live')
 
 
 def test_connection_close_is_honoured(raw_server):

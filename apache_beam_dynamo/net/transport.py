@@ -1,19 +1,26 @@
-"""A lean HTTP/1.1 client for JSON POSTs to the stack on loopback.
+"""The package's one HTTP stack: a lean HTTP/1.1 client on loopback.
 
-The stack's frontend is CPU-bound on the same machine as the pipeline, so
-every microsecond the client spends per request is taken from the server.
-A general-purpose client (aiohttp) cost ~370 us of CPU per request here;
-this one, persistent keep-alive connections over asyncio streams, ~160 us
-(bench/LOG.md). It speaks just what the stack's servers answer: status
-line, headers, a Content-Length or chunked body, ``Connection: close``.
+Two entry points over one implementation of the protocol: the shared
+client's ``ConnectionPool`` (persistent keep-alive connections, JSON POSTs)
+and ``request`` (one exchange on a new connection) for the supervisor's
+probes, its etcd calls and its metrics sampling. It speaks what the stack's
+servers answer: status line, headers, a Content-Length or chunked body (with
+or without trailers), ``Connection: close``.
+
+Why not aiohttp, which Dynamo already installs: measured against it
+(bench/http_clients.py, docs/gpu.md) this client costs 2.2-2.4x less CPU per
+request (H200 machine: 0.10 vs 0.23 ms; 2-core CPU lane: 160 vs 370 us,
+bench/LOG.md). On the 16-core H200 machine both reach the same throughput
+(within 4%: the server sets the pace); on the 2-core lane, where client and
+stack share the CPU as on a small Dataflow GPU worker, aiohttp's extra CPU
+cost the server 15-20% of its requests per second (bench/LOG.md step 4).
 """
 
 import asyncio
+import urllib.parse
 from typing import Optional
 
-
-class HTTPError(Exception):
-  """The exchange did not complete (refused, reset, closed, malformed)."""
+from apache_beam_dynamo.errors import HTTPError
 
 
 class ConnectionPool:
@@ -28,8 +35,11 @@ class ConnectionPool:
     self._host, self._port = host, port
     self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     self._slots = asyncio.Semaphore(size)
-    self._head = (f'Host: {host}:{port}\r\nContent-Type: application/json\r\n'
-                  'Content-Length: ').encode()
+    self._head = _head(host, port)
+
+  @property
+  def address(self) -> tuple[str, int]:
+    return self._host, self._port
 
   async def post(self, path: str, body: bytes,
                  timeout_s: float) -> tuple[int, bytes]:
@@ -57,8 +67,7 @@ class ConnectionPool:
     before the server saw the request (try the next one)."""
     started_reply = False
     try:
-      writer.write(b'POST %s HTTP/1.1\r\n' % path.encode() + self._head +
-                   b'%d\r\n\r\n' % len(body) + body)
+      writer.write(_message(b'POST', path, self._head, body))
       status_line = await reader.readline()
       if not status_line:
         raise asyncio.IncompleteReadError(b'', None)
@@ -86,6 +95,60 @@ class ConnectionPool:
     self._idle.clear()
 
 
+def _head(host: str, port: int, extra: str = '') -> bytes:
+  """The headers every request to ``host:port`` has, up to Content-Length."""
+  return (f'Host: {host}:{port}\r\n{extra}Content-Type: application/json\r\n'
+          'Content-Length: ').encode()
+
+
+def _message(method: bytes, path: str, head: bytes, body: bytes) -> bytes:
+  return (method + b' %s HTTP/1.1\r\n' % path.encode() + head +
+          b'%d\r\n\r\n' % len(body) + body)
+
+
+def request(url: str,
+            method: str = 'GET',
+            body: bytes = b'',
+            timeout_s: float = 2.0) -> tuple[int, bytes]:
+  """One exchange on a new connection: (status, body). Raises HTTPError
+  when it cannot complete within ``timeout_s`` (refused, reset, timeout).
+
+  For callers without an event loop of their own (the supervisor's probes).
+  """
+  parsed = urllib.parse.urlsplit(url)
+  path = parsed.path or '/'
+  if parsed.query:
+    path += '?' + parsed.query
+  try:
+    return asyncio.run(
+        asyncio.wait_for(
+            _one_shot(parsed.hostname, parsed.port, method, path, body),
+            timeout_s))
+  except asyncio.TimeoutError:
+    raise HTTPError(f'{method} {url}: no reply within {timeout_s} s') from None
+
+
+async def _one_shot(host, port, method, path, body):
+  try:
+    reader, writer = await asyncio.open_connection(host, port)
+  except OSError as e:
+    raise HTTPError(f'cannot connect to {host}:{port}: {e}') from e
+  try:
+    writer.write(
+        _message(method.encode(), path,
+                 _head(host, port, 'Connection: close\r\n'), body))
+    status_line = await reader.readline()
+    if not status_line:
+      raise HTTPError(f'{host}:{port} closed the connection without a reply')
+    status, _, payload = await _read_reply(status_line, reader)
+    return status, payload
+  except (OSError, asyncio.IncompleteReadError, ValueError,
+          asyncio.LimitOverrunError) as e:
+    raise HTTPError(f'{method} {host}:{port}{path}: {type(e).__name__}: {e}') from e
+  finally:
+    writer.close()
+
+
 async def _read_reply(
     status_line: bytes,
     reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
@@ -111,7 +174,9 @@ async def _read_reply(
     while True:
       size = int((await reader.readline()).split(b';')[0], 16)
       if size == 0:
-        await reader.readline()  # no trailers from these servers
+        # Trailer fields, if any, then the empty line that ends the message.
+        while (await reader.readline()) not in (b'\r\n', b'\n', b''):
+          pass
         break
       parts.append(await reader.readexactly(size))
       await reader.readexactly(2)
