@@ -39,9 +39,6 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORDS = ('tensor kernel warp block thread memory cache stream batch token model '
-         'pipeline engine worker frontend router window shard bucket queue').split()
-
 # (phase milestone, regex on a stamped line); the first match counts.
 MILESTONES = [
     ('imports done', r'^MARK imports_done'),
@@ -92,18 +89,10 @@ CACHE_DIR_RE = re.compile(r"Using cache directory: (\S+) for vLLM's torch.compil
 
 
 def make_prompts(model: str, count: int, tokens: int) -> list[str]:
-  """``count`` distinct prompts of about ``tokens`` tokens each (as
-  bench/gpu_compare.py makes them)."""
-  import random
-  from tokenizers import Tokenizer
-  tokenizer = Tokenizer.from_file(os.path.join(model, 'tokenizer.json'))
-  rng = random.Random(1234)
-  prompts = []
-  for i in range(count):
-    text = f'{i}: ' + ' '.join(rng.choice(WORDS) for _ in range(tokens * 2))
-    ids = tokenizer.encode(text, add_special_tokens=False).ids[:tokens]
-    prompts.append(tokenizer.decode(ids))
-  return prompts
+  """The same prompts bench/gpu_compare.py makes."""
+  sys.path.insert(0, HERE)
+  from gpu_compare import make_prompts as gpu_compare_prompts  # pylint: disable=import-outside-toplevel
+  return gpu_compare_prompts(model, count, tokens)
 
 
 def mark(name: str, t: float = None, **fields) -> None:
