@@ -2,7 +2,6 @@
 how to launch it, how to probe it, and how its liveness is judged."""
 
 import dataclasses
-import time
 from typing import Callable, Optional
 
 from apache_beam_dynamo.errors import ComponentFailure
@@ -93,13 +92,3 @@ class Component:
           f'its model has not been listed by the frontend for '
           f'{UNREGISTERED_GRACE_S:.0f} s')
     return None
-
-  def await_probe(self, timeout_s: float, poll_s: float = 0.02) -> None:
-    """Blocks until the probe answers; raises if it exits or times out."""
-    deadline = time.monotonic() + timeout_s
-    while not self.probe():
-      if not self.process.alive():
-        raise self.process.failure('exited at start')
-      if time.monotonic() > deadline:
-        raise self.process.failure(f'not healthy {timeout_s:.0f} s after start')
-      time.sleep(poll_s)

@@ -35,7 +35,6 @@ from apache_beam_dynamo.serving.placement import Placement
 _LOGGER = logging.getLogger(__name__)
 
 READY_POLL_S = 0.1
-ETCD_START_TIMEOUT_S = 15.0
 
 # (what is awaited, the component to blame if it never happens, the check)
 ReadinessStep = tuple[str, str, Callable[[], bool]]
@@ -206,10 +205,13 @@ class Stack(abc.ABC):
     return next(c for c in self._components if c.name == name)
 
   def _launch(self, components: list[Component]) -> None:
-    for component in components:
+    """Launches ``components`` without waiting between them, engines first:
+    they take longest (a GPU engine imports for ~15 s before it looks for
+    etcd), and Dynamo's processes retry etcd until it answers, so nothing
+    needs to wait for anything else (docs/gpu.md, start-up phases)."""
+    for component in sorted(components, key=lambda c: not c.is_engine):
       self._before_launch(component)
       component.launch(self._on_line, self._reaper)
-      self._after_launch(component)
 
   def _stop(self, components, grace_s: Optional[float] = None) -> None:
     grace_s = self.config.shutdown_grace_s if grace_s is None else grace_s
@@ -241,9 +243,6 @@ class Stack(abc.ABC):
 
   def _before_launch(self, component: Component) -> None:
     """Hook run right before a component is launched."""
-
-  def _after_launch(self, component: Component) -> None:
-    """Hook run right after a component is launched."""
 
 
 class DynamoStack(Stack):
@@ -318,16 +317,14 @@ class DynamoStack(Stack):
   def _etcd_up(self) -> bool:
     return bool(self.machine.external_etcd) or self._components[0].alive()
 
-  def _after_launch(self, component: Component) -> None:
-    # Frontend and engine connect to etcd as they start: let it come up first
-    # (tens of milliseconds) rather than race it.
-    if component.name == 'etcd':
-      component.await_probe(ETCD_START_TIMEOUT_S)
-
   def _readiness_steps(self) -> list[ReadinessStep]:
     name = self.served_model_name
     engine = commands.engine_name(0, self.engine_count)
-    return [
+    own_etcd = [] if self.machine.external_etcd else [
+        ('etcd /health', 'etcd',
+         lambda: probes.etcd_healthy(self.placement.etcd_endpoints))
+    ]
+    return own_etcd + [
         ('frontend /live', 'frontend',
          lambda: probes.get_ok(self.base_url, '/live')),
         (f'model {name!r} listed in /v1/models', engine,
