@@ -18,7 +18,7 @@ from apache_beam_dynamo.runtime.registry import _Registry
 from apache_beam_dynamo.runtime.restart_policy import (
     MAX_BACKOFF_S, RestartBudget)
 
-from conftest import Holder, mocker_config
+from conftest import Holder, mocker_config, wait_until
 
 
 class Clock:
@@ -251,8 +251,21 @@ def test_a_newcomer_while_the_stack_stops_waits_until_it_is_down(lease_server):
   assert newcomer.next()['phase'] == protocol.STOPPED
   assert owner.next()['phase'] == protocol.STOPPED
   assert server.unused.wait(10)
-  rival.bind(address)  # now a fresh supervisor can start
   rival.close()
+
+  def name_is_free():
+    # The kernel frees the name once the accepting thread has left accept()
+    # (it was woken by shut_down, a moment after the close).
+    fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+      fresh.bind(address)
+      return True
+    except OSError:
+      return False
+    finally:
+      fresh.close()
+
+  wait_until(name_is_free, 10, 'the socket name to be free')  # a fresh supervisor can start
   owner.close(), newcomer.close()
 
 
