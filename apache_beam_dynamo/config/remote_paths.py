@@ -38,12 +38,6 @@ def _has_filesystem(path: str) -> bool:
     return False
 
 
-def check(model: str, compile_cache: Optional[str]) -> None:
-  """Raises ConfigError for a bad remote ``model`` or ``compile_cache``."""
-  check_model(model)
-  check_compile_cache(compile_cache)
-
-
 def check_model(model: str) -> None:
   """A remote model directory: a directory path, on a filesystem Beam has
   here (else only logged: the workers may have one)."""
@@ -61,17 +55,17 @@ def check_model(model: str) -> None:
         model)
 
 
-def check_compile_cache(path: Optional[str]) -> None:
+def compile_cache(name: str, path: Optional[str]) -> None:
+  """The ``compile_cache`` option (a config/checks.py field check)."""
   if path is None:
     return
   if not isinstance(path, str) or not path.strip():
     raise ConfigError(
-        f'compile_cache must be a path (gs://bucket/cache or a local '
+        f'{name} must be a path (gs://bucket/cache or a local '
         f'directory) or None, got {path!r}.')
   if any(c in path for c in '*?['):
-    raise ConfigError(f'compile_cache {path!r} must be a directory, not a '
-                      'pattern.')
+    raise ConfigError(f'{name} {path!r} must be a directory, not a pattern.')
   if is_remote(path) and not _has_filesystem(path):
     _LOGGER.warning(
-        'No Beam filesystem here handles compile_cache %r; the workers must '
-        'have one, or they start without the shared cache.', path)
+        'No Beam filesystem here handles %s %r; the workers must have one, '
+        'or they start without the shared cache.', name, path)
