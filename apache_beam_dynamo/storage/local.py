@@ -92,11 +92,14 @@ class Manifest:
     created: the writer's clock when it published (seconds since epoch);
       with ``writer``, orders entries: the first complete one wins.
     key: what the entry is for (informational).
+    archive: (size, sha256) of the tar holding ``files``, when they were
+      published as one (storage/archive.py).
   """
   files: dict[str, tuple[int, str]]
   writer: str
   created: float
   key: dict
+  archive: Optional[tuple[int, str]] = None
 
   @property
   def order(self) -> tuple[float, str]:
@@ -107,8 +110,12 @@ class Manifest:
     return sum(size for size, _ in self.files.values())
 
   def to_json(self) -> str:
+    archive = None
+    if self.archive is not None:
+      archive = {'size': self.archive[0], 'sha256': self.archive[1]}
     return json.dumps({
         'version': MANIFEST_VERSION,
+        'archive': archive,
         'writer': self.writer,
         'created': self.created,
         'key': self.key,
@@ -125,16 +132,23 @@ class Manifest:
         raise ValueError(f"version {raw.get('version')!r}")
       files = {}
       for path, entry in raw['files'].items():
-        size, digest = entry['size'], entry['sha256']
-        if (not isinstance(size, int) or size < 0 or
-            not isinstance(digest, str) or len(digest) != 64 or
-            os.path.isabs(path) or '..' in path.split('/')):
-          raise ValueError(f'bad entry {path!r}')
-        files[path] = (size, digest)
+        if os.path.isabs(path) or '..' in path.split('/'):
+          raise ValueError(f'bad path {path!r}')
+        files[path] = _size_and_digest(entry)
+      archive = raw.get('archive')
       return cls(files, str(raw['writer']), float(raw['created']),
-                 dict(raw.get('key') or {}))
+                 dict(raw.get('key') or {}),
+                 _size_and_digest(archive) if archive is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise StorageError(f'not a valid manifest: {e}') from e
+
+
+def _size_and_digest(entry: dict) -> tuple[int, str]:
+  size, digest = entry['size'], entry['sha256']
+  if (isinstance(size, bool) or not isinstance(size, int) or size < 0 or
+      not isinstance(digest, str) or len(digest) != 64):
+    raise ValueError(f'bad size or sha256 {entry!r}')
+  return size, digest
 
 
 def remove_tree(path: Optional[str]) -> None:

@@ -38,6 +38,14 @@ def upload_tree(local_dir: str, remote: str) -> None:
     files.put(os.path.join(local_dir, relpath), files.join(remote, relpath))
 
 
+def flip_bytes(remote: str) -> None:
+  """Same size, other bytes: only a checksum can tell."""
+  with FileSystems.open(remote) as f:
+    data = f.read()
+  with FileSystems.create(remote) as f:
+    f.write(bytes(b ^ 1 for b in data))
+
+
 def new_machine(monkeypatch) -> str:
   directory = tempfile.mkdtemp(prefix='machine-')
   monkeypatch.setenv(local.CACHE_DIR_ENV, directory)
@@ -85,11 +93,8 @@ def test_start_cache_entries_on_gcs(gcs, tmp_path, caplog):
   restored, _ = cache_entries.restore(root, str(tmp_path / 'a'))
   assert restored == manifest
   assert read_tree(str(tmp_path / 'a')) == CACHE_TREE
-  # Same size, other bytes.
-  victim = cache_entries._entry(root, manifest.writer, cache_entries.DATA,
-                                'vllm/modelinfos/Qwen3.json')
-  with FileSystems.create(victim) as f:
-    f.write(b'{"x": 2}')
+  flip_bytes(cache_entries._entry(root, manifest.writer,
+                                 cache_entries.ARCHIVE))
   with caplog.at_level(logging.WARNING):
     restored, bad = cache_entries.restore(root, str(tmp_path / 'b'))
   assert restored is None and bad == {manifest.writer}
@@ -168,13 +173,8 @@ def test_pipeline_with_model_and_compile_cache_on_gcs(
 
   # Worker C: the entry is corrupt. A warning, a cold start, a good job;
   # its own cache is empty (the mocker compiles nothing): nothing published.
-  corrupt_remote = cache_entries._entry(
-      cache_a.remote, entries[0].writer, cache_entries.DATA,
-      'triton/HASH/kernel.cubin')
-  with FileSystems.open(corrupt_remote) as f:
-    data = f.read()
-  with FileSystems.create(corrupt_remote) as f:
-    f.write(bytes(b ^ 1 for b in data))
+  flip_bytes(cache_entries._entry(cache_a.remote, entries[0].writer,
+                                 cache_entries.ARCHIVE))
   new_machine(monkeypatch)
   cache_c = start_cache.StartCache(COMPILE_CACHE, key)
   with caplog.at_level(logging.WARNING):

@@ -15,6 +15,7 @@ from apache_beam_dynamo.errors import ConfigError, StorageError
 from apache_beam_dynamo.serving import commands
 from apache_beam_dynamo.serving import start_cache
 from apache_beam_dynamo.serving.machine import Machine
+from apache_beam_dynamo.storage import archive
 from apache_beam_dynamo.storage import cache_entries
 from apache_beam_dynamo.storage import files
 from apache_beam_dynamo.storage import local
@@ -184,7 +185,7 @@ def test_a_writer_that_lost_the_race_withdraws(remote, monkeypatch):
   monkeypatch.undo()
   assert [m.writer for m in cache_entries.complete_entries(remote)] == [
       first.writer]
-  assert not [p for p in files.list_files(remote) if 'late' in p]
+  assert not [p for p in files.list_files(remote) if first.writer not in p]
 
 
 def test_entry_without_manifest_is_not_used(remote, tmp_path, caplog):
@@ -197,17 +198,18 @@ def test_entry_without_manifest_is_not_used(remote, tmp_path, caplog):
 
 def test_partial_entry_is_ignored_with_a_warning(remote, tmp_path, caplog):
   manifest = publish_tree(remote, CACHE_TREE)
-  files.delete([cache_entries._entry(
-      remote, manifest.writer, cache_entries.DATA, 'triton/HASH/kernel.cubin')])
+  archive = cache_entries._entry(remote, manifest.writer, cache_entries.ARCHIVE)
+  with open(archive, 'r+b') as f:
+    f.truncate(1000)
   with caplog.at_level(logging.WARNING):
     assert cache_entries.restore(remote, str(tmp_path / 't'))[0] is None
-  assert 'files are missing or of another size' in caplog.text
+  assert 'archive is missing or of another size' in caplog.text
 
 
 def test_corrupt_entry_is_ignored_with_a_warning(remote, tmp_path, caplog):
   manifest = publish_tree(remote, CACHE_TREE)
-  corrupt(cache_entries._entry(remote, manifest.writer, cache_entries.DATA,
-                               'vllm/modelinfos/Qwen3.json'))
+  corrupt(cache_entries._entry(remote, manifest.writer,
+                               cache_entries.ARCHIVE))
   target = str(tmp_path / 't')
   with caplog.at_level(logging.WARNING):
     restored, bad = cache_entries.restore(remote, target)
@@ -215,6 +217,7 @@ def test_corrupt_entry_is_ignored_with_a_warning(remote, tmp_path, caplog):
   assert 'does not verify' in caplog.text and 'sha256' in caplog.text
   assert not os.path.exists(target)
   assert not [n for n in os.listdir(tmp_path) if 'restoring' in n]
+  assert not [n for n in os.listdir(local.cache_root()) if 'restoring' in n]
   # A fresh entry can still be published past the corrupt one, and wins
   # for readers that skip it.
   source = str(tmp_path / 'src')
@@ -222,6 +225,26 @@ def test_corrupt_entry_is_ignored_with_a_warning(remote, tmp_path, caplog):
   assert cache_entries.publish(remote, source, {}, frozenset(bad)) is not None
   restored, _ = cache_entries.restore(remote, target)
   assert restored is not None and read_tree(target) == CACHE_TREE
+
+
+def test_unpack_takes_only_what_the_manifest_lists(tmp_path):
+  source = str(tmp_path / 'source')
+  write_tree(source, CACHE_TREE)
+  packed = str(tmp_path / 'c.tar')
+  members = archive.pack(source, packed)
+  assert set(members) == set(CACHE_TREE)
+  archive.unpack(packed, members, str(tmp_path / 'ok'))
+  assert read_tree(str(tmp_path / 'ok')) == CACHE_TREE
+  one = 'vllm/modelinfos/Qwen3.json'
+  forged = dict(members, **{one: (members[one][0], '0' * 64)})
+  with pytest.raises(StorageError, match='does not match its manifest'):
+    archive.unpack(packed, forged, str(tmp_path / 'forged'))
+  fewer = {p: m for p, m in members.items() if p != one}
+  with pytest.raises(StorageError, match='does not list'):
+    archive.unpack(packed, fewer, str(tmp_path / 'fewer'))
+  more = dict(members, **{'extra': (1, '0' * 64)})
+  with pytest.raises(StorageError, match='lacks 1 files'):
+    archive.unpack(packed, more, str(tmp_path / 'more'))
 
 
 def test_garbage_manifest_is_ignored_with_a_warning(remote, tmp_path, caplog):
