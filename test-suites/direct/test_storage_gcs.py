@@ -12,11 +12,13 @@ import tempfile
 
 import apache_beam as beam
 import psutil
+import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
 from apache_beam_dynamo import TINY_MODEL_DIR, VLLMCompletionsModelHandler
+from apache_beam_dynamo.errors import StackStartupError
 from apache_beam_dynamo.serving import machine as machines
 from apache_beam_dynamo.serving import start_cache
 from apache_beam_dynamo.storage import cache_entries
@@ -181,3 +183,27 @@ def test_pipeline_with_model_and_compile_cache_on_gcs(
     run_worker()
   assert 'does not verify' in caplog.text
   assert local.local_files(cache_c.local_dir) == {}
+
+
+def test_a_model_that_cannot_be_staged_fails_naming_path_and_remedy(
+    gcs, no_leftovers):
+  missing = f'gs://{GCS_BUCKET}/models/missing'
+  handler = VLLMCompletionsModelHandler(
+      missing, {'speedup-ratio': '0'}, use_dynamo=True, engine='mocker',
+      keep_alive_s=0, startup_timeout_s=60)
+  with pytest.raises(StackStartupError) as failure:
+    handler.load_model()
+  message = str(failure.value)
+  assert f"could not stage model_name '{missing}'" in message
+  assert 'holds no files' in message and 'storage.objects.list' in message
+
+
+def test_a_staged_dir_that_is_no_model_fails_on_the_worker(gcs, no_leftovers):
+  remote = f'gs://{GCS_BUCKET}/models/notamodel'
+  files.put(os.path.join(TINY_MODEL_DIR, 'config.json'),
+            f'{remote}/config.json')
+  handler = VLLMCompletionsModelHandler(
+      remote, {'speedup-ratio': '0'}, use_dynamo=True, engine='mocker',
+      keep_alive_s=0, startup_timeout_s=60)
+  with pytest.raises(StackStartupError, match='lacks tokenizer.json'):
+    handler.load_model()

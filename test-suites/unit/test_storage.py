@@ -5,6 +5,8 @@ The same code against gs:// is in direct/test_storage_gcs.py."""
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -387,3 +389,35 @@ def test_two_processes_racing_to_stage_share_one_copy(remote):
   write_tree(source, MODEL_TREE)
   target = check_race(race_to_stage(source), len(MODEL_TREE))
   assert read_tree(target) == MODEL_TREE
+
+
+PUBLISH = '''
+import sys, tempfile, os
+from apache_beam_dynamo.storage import cache_entries
+source = tempfile.mkdtemp()
+os.makedirs(os.path.join(source, 'vllm'))
+with open(os.path.join(source, 'vllm', 'who'), 'w') as f:
+  f.write(sys.argv[2] * 1000)
+manifest = cache_entries.publish(sys.argv[1], source, {})
+print('PUBLISHED' if manifest else 'SKIPPED')
+'''
+
+
+def test_writers_racing_leave_complete_entries_only(remote, tmp_path):
+  """Three processes publish at once: whatever the interleaving, readers
+  get one complete entry, the first, and nothing half-written remains."""
+  processes = [
+      subprocess.Popen([sys.executable, '-c', PUBLISH, remote, name],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) for name in 'abc'
+  ]
+  outputs = [process.communicate(timeout=120)[0] for process in processes]
+  assert [process.returncode for process in processes] == [0, 0, 0], outputs
+  entries = cache_entries.complete_entries(remote)
+  assert entries and 'PUBLISHED' in ''.join(outputs), outputs
+  listing = files.list_files(remote)
+  writers = {path.split('/')[1] for path in listing}
+  assert writers == {m.writer for m in entries}  # no orphan archives
+  restored, _ = cache_entries.restore(remote, str(tmp_path / 'r'))
+  assert restored == entries[0]
+  assert len(set(open(tmp_path / 'r' / 'vllm' / 'who').read())) == 1
