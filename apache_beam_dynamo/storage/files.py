@@ -43,6 +43,19 @@ def _filesystems():
   return FileSystems
 
 
+def _open(path: str):
+  """Bytes as stored: Beam would otherwise decompress a name ending in .gz."""
+  from apache_beam.io.filesystem import CompressionTypes
+  return _filesystems().open(
+      path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _create(path: str):
+  from apache_beam.io.filesystem import CompressionTypes
+  return _filesystems().create(
+      path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
   """One file under a remote directory: its path relative to it, size and
@@ -114,7 +127,7 @@ def fetch(remote: str, local: str, size: int,
   hashes = _Hashes(_checksum_kind(remote) if checksum else None)
   written = 0
   try:
-    with _filesystems().open(remote) as source, open(partial, 'wb') as target:
+    with _open(remote) as source, open(partial, 'wb') as target:
       while True:
         data = source.read(CHUNK)
         if not data:
@@ -143,7 +156,7 @@ def put(local: str, remote: str) -> tuple[int, str]:
   bytes written (the file may change under us: this is what went out)."""
   hashes = _Hashes(None)
   size = 0
-  with open(local, 'rb') as source, _filesystems().create(remote) as target:
+  with open(local, 'rb') as source, _create(remote) as target:
     while True:
       data = source.read(CHUNK)
       if not data:
@@ -155,7 +168,7 @@ def put(local: str, remote: str) -> tuple[int, str]:
 
 
 def read_text(remote: str) -> str:
-  with _filesystems().open(remote) as f:
+  with _open(remote) as f:
     return f.read().decode('utf-8')
 
 
@@ -165,7 +178,7 @@ def write_text_atomically(remote: str, text: str) -> None:
   a local file would be visible half-written)."""
   fs = _filesystems()
   temporary = f'{remote}.tmp-{uuid.uuid4().hex[:12]}'
-  with fs.create(temporary) as f:
+  with _create(temporary) as f:
     f.write(text.encode('utf-8'))
   fs.rename([temporary], [remote])
 

@@ -296,6 +296,7 @@ def test_unreadable_shared_cache_starts_cold_with_a_warning(caplog):
 
 MODEL_TREE = {
     'config.json': b'{"architectures": ["Qwen3ForCausalLM"]}',
+    'extra/vocab.txt.gz': b'not gzip: copied as stored, never decompressed',
     'tokenizer.json': b't' * 5000,
     'weights/model-00001.safetensors': os.urandom(300000),
     'weights/model-00002.safetensors': os.urandom(200000),
