@@ -90,7 +90,11 @@ def list_files(directory: str, with_checksums: bool = True) -> dict[str, RemoteF
     if not meta.path.startswith(base) or meta.path.endswith('/'):
       continue
     relpath = meta.path[len(base):]
-    checksum = fs.checksum(meta.path) if kind else None
+    try:
+      checksum = fs.checksum(meta.path) if kind else None
+    except Exception as e:  # pylint: disable=broad-except
+      raise StorageError(f'could not read the checksum of {meta.path}: {e}'
+                         ) from e
     files[relpath] = RemoteFile(relpath, meta.size_in_bytes, checksum)
   return files
 
