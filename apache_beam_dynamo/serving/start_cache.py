@@ -109,7 +109,9 @@ class StartCache:
           e)
       return
     if self.restored is None:
-      _LOGGER.info('Start cache %s: no entry yet; starting cold.', self.remote)
+      _LOGGER.warning(
+          'Start cache %s: no entry for this key yet; starting cold (this '
+          'worker publishes one once ready).', self.remote)
     else:
       _LOGGER.info(
           'Start cache %s: restored %d files (%.1f MB) from entry %s in '

@@ -263,8 +263,10 @@ def test_start_cache_restores_once_per_machine_and_publishes_once(
     remote, caplog):
   key = {'model': 'm', 'gpu': 'H200'}
   first = start_cache.StartCache(remote, key)
-  first.prepare()
+  with caplog.at_level(logging.WARNING):
+    first.prepare()
   assert first.restored is None
+  assert 'no entry for this key yet' in caplog.text
   write_tree(first.local_dir, CACHE_TREE)
   first.publish()
   # Another machine (its own cache dir): restores, and does not publish.
