@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from typing import Iterator, Optional
@@ -152,6 +153,5 @@ def _size_and_digest(entry: dict) -> tuple[int, str]:
 
 
 def remove_tree(path: Optional[str]) -> None:
-  import shutil
   if path:
     shutil.rmtree(path, ignore_errors=True)
