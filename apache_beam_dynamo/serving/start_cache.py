@@ -31,6 +31,10 @@ from apache_beam_dynamo.storage import local
 _LOGGER = logging.getLogger(__name__)
 
 _VERSIONED = ('vllm', 'ai-dynamo', 'torch', 'triton')
+# engine_env variables that can change what gets compiled (attention
+# backend, compile level...). Others (HF_TOKEN...) stay out of the key,
+# which is written into every entry's manifest.
+_COMPILE_ENV_PREFIXES = ('VLLM_', 'TORCH', 'TRITON_', 'CUDA_', 'NVIDIA_')
 
 
 def _version(package: str) -> Optional[str]:
@@ -52,7 +56,8 @@ def cache_key(config: StackConfig, machine: Machine, model: str,
               model_dir: str) -> dict:
   """What a start cache entry depends on: the model (as named by the user,
   and its config.json), the engine program and its flags, the GPU, the
-  tensor parallel size, and the versions of what compiles."""
+  tensor parallel size, the engine_env variables that can change what is
+  compiled, and the versions of what compiles."""
   if config.engine == 'mocker':
     engine = 'dynamo.mocker'
   else:
@@ -65,6 +70,8 @@ def cache_key(config: StackConfig, machine: Machine, model: str,
       'engine_args': sorted([f, v] for f, v in flags),
       'gpu': machine.gpu_name or ('cpu' if config.engine == 'mocker' else None),
       'tensor_parallel_size': config.tensor_parallel_size,
+      'engine_env': sorted([name, value] for name, value in config.engine_env
+                           if name.startswith(_COMPILE_ENV_PREFIXES)),
       'versions': {p: _version(p) for p in _VERSIONED},
       'python': '%d.%d' % sys.version_info[:2],
   }

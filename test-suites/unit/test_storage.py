@@ -75,10 +75,13 @@ def test_cache_key_names_what_the_compiled_cache_depends_on():
   assert key['model_config_sha256'] == local.sha256_of(
       os.path.join(TINY_MODEL_DIR, 'config.json'))
   assert _key() == key  # stable
+  # Secrets stay out of the key (it is written into the manifest).
+  assert _key(config={'engine_env': (('HF_TOKEN', 'secret'), )}) == key
   for other in (_key(gpu='L4'),
                 _key(config={'tensor_parallel_size': 2, 'gpus': (0, 1)}),
                 _key(config={'engine_args': (('max-num-seqs', '32'), )}),
                 _key(gpu_defaults=(('dtype', 'half'), )),
+                _key(config={'engine_env': (('VLLM_ATTENTION_BACKEND', 'X'), )}),
                 _key(config={'use_dynamo': False})):
     assert other != key
 
