@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 from apache_beam.io.filesystems import FileSystems
-from conftest import GCS_BUCKET as BUCKET
-from conftest import write_gcs
+from gcs_emulator import GCS_BUCKET as BUCKET
+from gcs_emulator import write_gcs
 
 SUITES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(SUITES)

@@ -26,8 +26,8 @@ from apache_beam_dynamo.storage import files
 from apache_beam_dynamo.storage import local
 from apache_beam_dynamo.storage import model_stage
 
-from conftest import (
-    GCS_BUCKET, StackWatch, run_pipeline, wait_for_no_leftovers)
+from conftest import StackWatch, run_pipeline, wait_for_no_leftovers
+from gcs_emulator import GCS_BUCKET
 from storage_support import (
     CACHE_TREE, check_race, race_to_stage, read_tree, write_tree)
 
