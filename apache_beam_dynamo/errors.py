@@ -76,5 +76,10 @@ class RequestFailedError(DynamoHandlerError):
     super().__init__(f'HTTP {status}: {message}')
 
 
+class StorageError(DynamoHandlerError):
+  """A file on a Beam filesystem (a staged model, a start cache entry) is
+  missing, unreadable or not what its listing or manifest says."""
+
+
 class InvalidElementError(DynamoHandlerError, ValueError):
   """An input element cannot be turned into a request (wrong type, empty)."""

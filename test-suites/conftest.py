@@ -33,6 +33,8 @@ from apache_beam_dynamo import TINY_MODEL_DIR
 from apache_beam_dynamo.config.stack import StackConfig
 from apache_beam_dynamo.runtime.protocol import SCOPE_ENV, StackState
 
+from gcs_emulator import gcs  # noqa: F401 (the gs:// fixture, for all suites)
+
 # Command-line fragments of every process a stack can start.
 STACK_PROCESS_MARKERS = (
     'apache_beam_dynamo.runtime.supervisor',

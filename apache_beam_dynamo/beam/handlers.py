@@ -214,6 +214,7 @@ class VLLMCompletionsModelHandler(_StackModelHandler):
       router_mode: str = StackConfig.router_mode,
       etcd_binary: Optional[str] = None,
       engine_env: Optional[Mapping[str, str]] = None,
+      compile_cache: Optional[str] = None,
       failed_elements: str = 'dead_letter'):
     """RunInference handler for text prompts (OpenAI completions).
 
@@ -229,8 +230,10 @@ class VLLMCompletionsModelHandler(_StackModelHandler):
           inference_args={'max_tokens': 64})
 
     Args:
-      model_name: hub id or local directory of the model (with
-        ``engine="mocker"``, a local directory with config and tokenizer).
+      model_name: hub id, local directory, or a directory on any Beam
+        filesystem (``gs://bucket/models/name``: staged once per worker
+        machine and served as ``name``). With ``engine="mocker"``, a
+        directory with config and tokenizer.
       vllm_server_kwargs: flags for the engine: ``dynamo.vllm`` (or
         ``dynamo.mocker``) with ``use_dynamo=True``, else vLLM's OpenAI
         server. ``{'max-num-seqs': '32', 'enforce-eager': None}``.
@@ -287,6 +290,7 @@ class VLLMChatModelHandler(_StackModelHandler):
       router_mode: str = StackConfig.router_mode,
       etcd_binary: Optional[str] = None,
       engine_env: Optional[Mapping[str, str]] = None,
+      compile_cache: Optional[str] = None,
       failed_elements: str = 'dead_letter'):
     """RunInference handler for conversations (OpenAI chat completions).
 

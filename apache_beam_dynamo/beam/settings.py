@@ -30,7 +30,7 @@ BATCHING_ARGS = ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',
 _STACK_ARGS = ('startup_timeout_s', 'liveness_interval_s', 'max_restarts',
                'restart_window_s', 'shutdown_grace_s', 'keep_alive_s',
                'adapt_to_gpu', 'tensor_parallel_size', 'num_engines',
-               'router_mode', 'etcd_binary')
+               'router_mode', 'etcd_binary', 'compile_cache')
 _REQUEST_ARGS = tuple(f.name for f in dataclasses.fields(RequestConfig))
 
 

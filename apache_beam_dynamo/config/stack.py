@@ -14,6 +14,7 @@ import os
 from typing import Any, Optional
 
 from apache_beam_dynamo.config import checks
+from apache_beam_dynamo.config import remote_paths
 from apache_beam_dynamo.config.checks import checked
 from apache_beam_dynamo.config.model_dir import (
     check_mocker_model_dir, looks_like_local_path)
@@ -39,7 +40,8 @@ class StackConfig:
   """What to run on each worker machine: one stack per distinct config.
 
   Attributes:
-    model: hub id or local directory of the model.
+    model: hub id, local directory, or a directory on a Beam filesystem
+      (``gs://...``: staged on each worker, serving/worker_files.py).
     use_dynamo: run etcd + dynamo.frontend + a Dynamo engine; otherwise a
       native ``vllm.entrypoints.openai.api_server``.
     engine: ``"vllm"`` (GPU) or ``"mocker"`` (Dynamo's CPU stand-in).
@@ -70,6 +72,8 @@ class StackConfig:
     router_mode: how the frontend spreads requests over engines:
       ``round-robin``, ``random``, or ``kv`` (KV-cache-aware, with KV events
       from every engine).
+    compile_cache: a directory on any Beam filesystem where workers share
+      their start caches (serving/start_cache.py); None: off.
   """
   model: str
   use_dynamo: bool = checked(False, checks.boolean)
@@ -90,6 +94,7 @@ class StackConfig:
   tensor_parallel_size: int = checked(1, checks.positive_int)
   num_engines: Optional[int] = checked(None, checks.optional(checks.positive_int))
   router_mode: str = checked('round-robin', checks.one_of(*ROUTER_MODES))
+  compile_cache: Optional[str] = checked(None, remote_paths.compile_cache)
 
   def __post_init__(self):
     if not isinstance(self.model, str) or not self.model.strip():
@@ -99,6 +104,7 @@ class StackConfig:
                                          or not self.etcd_binary):
       raise ConfigError(f'etcd_binary must be a path, got {self.etcd_binary!r}')
     checks.check_fields(self)
+    remote_paths.check_model(self.model)
     self._check_engine()
     self._check_topology()
 
@@ -154,7 +160,7 @@ class StackConfig:
     for flag, value in self.engine_args:
       if flag in SERVED_NAME_FLAGS and value:
         return value.split()[0]
-    if looks_like_local_path(self.model):
+    if remote_paths.is_remote(self.model) or looks_like_local_path(self.model):
       return os.path.basename(os.path.normpath(self.model))
     return self.model
 

@@ -121,6 +121,7 @@ class Supervisor:
           max_num_seqs=self._stack.max_num_seqs,
           pids=self._stack.pids(),
           generation=1)
+      self._stack.after_first_ready()
       next_sample = time.monotonic()
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)

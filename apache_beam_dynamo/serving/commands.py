@@ -14,7 +14,7 @@ change it (see README, "Network").
 import json
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, Optional
 
 from apache_beam_dynamo.config.server_args import SERVED_NAME_FLAGS, ServerArgs
 
@@ -125,6 +125,17 @@ def _gpu_environment(
   return env
 
 
+def start_cache_environment(directory: Optional[str]) -> dict[str, str]:
+  """vLLM's and Triton's caches in the stack's start cache directory
+  (serving/start_cache.py); nothing when there is none."""
+  if not directory:
+    return {}
+  return {
+      'VLLM_CACHE_ROOT': os.path.join(directory, 'vllm'),
+      'TRITON_CACHE_DIR': os.path.join(directory, 'triton'),
+  }
+
+
 def etcd_launch(
     binary: str, placement: Placement, parent: Mapping[str, str]) -> Launch:
   name = f'abd-{placement.namespace}'
@@ -169,16 +180,19 @@ def engine_launch(
     index: int = 0,
     gpus: tuple[int, ...] = (),
     gpu_defaults: ServerArgs = (),
-    has_flashinfer: bool = False) -> Launch:
+    has_flashinfer: bool = False,
+    start_cache_dir: Optional[str] = None) -> Launch:
   """Engine ``index``: dynamo.vllm on ``gpus``, or dynamo.mocker on the CPU.
 
   ``gpu_defaults`` are flags the worker's GPU needs (see gpu.py); the
-  user's flags of the same name win.
+  user's flags of the same name win. ``start_cache_dir`` holds vLLM's and
+  Triton's caches (``engine_env`` still wins).
   """
   env = _dynamo_environment(parent, placement)
   # With a system port the worker serves its own model card, so the frontend
   # never has to resolve the served name through the Hugging Face hub.
   env['DYN_SYSTEM_PORT'] = str(placement.system_ports[index])
+  env.update(start_cache_environment(start_cache_dir))
   if config.engine == 'mocker':
     model_dir = (
         placement.mocker_model_dir if config.chat_template else config.model)
@@ -220,7 +234,8 @@ def native_vllm_launch(
     parent: Mapping[str, str],
     gpus: tuple[int, ...] = (),
     gpu_defaults: ServerArgs = (),
-    has_flashinfer: bool = False) -> Launch:
+    has_flashinfer: bool = False,
+    start_cache_dir: Optional[str] = None) -> Launch:
   argv = [
       sys.executable, '-m', 'vllm.entrypoints.openai.api_server',
       '--model', config.model,
@@ -235,5 +250,6 @@ def native_vllm_launch(
   argv += flags(defaults, config.served_name_flag + config.engine_args)
   env = _inherited(parent)
   env.update({'PYTHONUNBUFFERED': '1', 'NO_COLOR': '1'})
+  env.update(start_cache_environment(start_cache_dir))
   env.update(_gpu_environment(parent, config, gpus, has_flashinfer))
   return Launch.of('server', argv, env)

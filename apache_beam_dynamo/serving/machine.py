@@ -47,6 +47,7 @@ class Machine:
     has_flashinfer: whether vLLM can use FlashInfer's sampler here.
     declared_gpus: GPUs a CPU engine declares for the GPU ledger (the
       mocker's ``gpus``, for tests); it never runs on them.
+    gpu_name: the engines' GPU model (nvidia-smi), when it was asked for.
   """
   engine_gpus: tuple[tuple[int, ...], ...]
   gpu_defaults: ServerArgs = ()
@@ -54,6 +55,7 @@ class Machine:
   external_etcd: Optional[str] = None
   has_flashinfer: bool = False
   declared_gpus: tuple[int, ...] = ()
+  gpu_name: Optional[str] = None
 
   @property
   def held_gpus(self) -> tuple[int, ...]:
@@ -81,8 +83,10 @@ def _check_model(config: StackConfig, component: str) -> None:
 
 
 def _gpus(config: StackConfig, parent_env: Mapping[str, str], component: str,
-          remedy: str) -> tuple[tuple[tuple[int, ...], ...], ServerArgs]:
-  """One GPU group per engine, and the flags that GPU model needs."""
+          remedy: str) -> tuple[tuple[tuple[int, ...], ...], ServerArgs,
+                                Optional[str]]:
+  """One GPU group per engine, the flags that GPU model needs, and its
+  name (asked for when adapting to it or keying a start cache)."""
   if not gpu.gpu_visible(parent_env):
     raise ComponentFailure(
         component,
@@ -96,8 +100,10 @@ def _gpus(config: StackConfig, parent_env: Mapping[str, str], component: str,
   except ValueError as e:
     raise ComponentFailure(component, str(e), remedy=remedy) from None
   defaults: ServerArgs = ()
-  if config.adapt_to_gpu:
+  found = None
+  if config.adapt_to_gpu or config.compile_cache:
     found = gpu.describe_gpu(groups[0][0])
+  if config.adapt_to_gpu:
     defaults = gpu.engine_defaults(found)
     if found is not None:
       _LOGGER.info(
@@ -105,7 +111,7 @@ def _gpus(config: StackConfig, parent_env: Mapping[str, str], component: str,
           found.name, found.compute_capability, found.memory_mib,
           defaults or 'none')
   _LOGGER.info('Engines on GPUs %s.', list(groups))
-  return groups, defaults
+  return groups, defaults, found.name if found else None
 
 
 def external_etcd(parent_env: Mapping[str, str]) -> Optional[str]:
@@ -124,12 +130,13 @@ def inspect_for_dynamo(
       "or 'ai-dynamo' for engine=\"mocker\".")
   engine_gpus: tuple = ((), ) * (config.num_engines or 1)
   defaults: ServerArgs = ()
+  gpu_name = None
   if config.engine == 'vllm':
     _require_module(
         'vllm', 'engine', 'vLLM (dynamo.vllm needs it)',
         "Install it: pip install 'apache-beam-dynamo[vllm]'. For a run "
         'without a GPU use engine="mocker".')
-    engine_gpus, defaults = _gpus(
+    engine_gpus, defaults, gpu_name = _gpus(
         config, parent_env, 'engine', _GPU_REMEDY_DYNAMO)
   etcd = external_etcd(parent_env)
   if etcd and not probes.etcd_healthy(etcd):
@@ -144,7 +151,8 @@ def inspect_for_dynamo(
       etcd_binary=None if etcd else resolve_etcd(config.etcd_binary),
       external_etcd=etcd,
       has_flashinfer=_has_flashinfer(),
-      declared_gpus=(config.gpus or ()) if config.engine == 'mocker' else ())
+      declared_gpus=(config.gpus or ()) if config.engine == 'mocker' else (),
+      gpu_name=gpu_name)
 
 
 def inspect_for_native_vllm(
@@ -153,11 +161,12 @@ def inspect_for_native_vllm(
   _check_model(config, 'vllm-server')
   _require_module('vllm', 'vllm-server', 'vLLM',
                   "Install it: pip install 'apache-beam-dynamo[vllm]'.")
-  engine_gpus, defaults = _gpus(
+  engine_gpus, defaults, gpu_name = _gpus(
       config, parent_env, 'vllm-server', _GPU_REMEDY_NATIVE)
   return Machine(
       engine_gpus=engine_gpus[:1],
       gpu_defaults=defaults,
+      gpu_name=gpu_name,
       has_flashinfer=_has_flashinfer())
 
 

@@ -28,6 +28,7 @@ from apache_beam_dynamo.serving import placement as placements
 from apache_beam_dynamo.serving import ports
 from apache_beam_dynamo.serving import probes
 from apache_beam_dynamo.serving import run_dir
+from apache_beam_dynamo.serving import worker_files
 from apache_beam_dynamo.serving.components import Component
 from apache_beam_dynamo.serving.machine import Machine
 from apache_beam_dynamo.serving.placement import Placement
@@ -47,7 +48,8 @@ class Stack(abc.ABC):
       config: StackConfig,
       on_line: LineSink,
       parent_env: Optional[Mapping[str, str]] = None):
-    self.config = config
+    self.config = config  # as run here (a staged model's local copy)
+    self._files = worker_files.WorkerFiles(config)
     self._on_line = on_line
     self._parent_env = dict(os.environ if parent_env is None else parent_env)
     self._reaper: Optional[Reaper] = None
@@ -86,6 +88,7 @@ class Stack(abc.ABC):
     """
     self.machine = self._inspect_machine()
     self._claim_gpus()
+    self.config = self._files.prepare(self.machine)
     self._reaper = Reaper()
     directory = tempfile.mkdtemp(prefix='apache-beam-dynamo-')  # mode 0700
     self._reaper.watch_dir(directory)
@@ -150,6 +153,10 @@ class Stack(abc.ABC):
       affected = self._components
     self._launch(affected)
 
+  def after_first_ready(self) -> None:
+    """Publishes the start cache (compile_cache), once, in the background."""
+    self._files.publish_in_background()
+
   def metrics_urls(self) -> list[str]:
     """Where the stack's Prometheus pages are (``/metrics`` on each)."""
     return [self.base_url] if self.placement is not None else []
@@ -176,6 +183,7 @@ class Stack(abc.ABC):
     if self._ledger_key is not None:
       self._ledger.mark_stopping(self._ledger_key)
     self._stop(reversed(self._components), grace_s)
+    self._files.wait()
     if self.placement is not None:
       shutil.rmtree(self.placement.run_dir, ignore_errors=True)
     if self._reaper is not None:
@@ -287,7 +295,7 @@ class DynamoStack(Stack):
         lambda: commands.engine_launch(
             self.config, self.placement, self._parent_env, index,
             self.machine.engine_gpus[index], self.machine.gpu_defaults,
-            self.machine.has_flashinfer),
+            self.machine.has_flashinfer, self._files.start_cache_dir),
         # '/' is not routed: the 404 proves the worker's event loop answers,
         # without the ERROR line its status routes log for every 503.
         lambda: probes.answers(self.placement.system_url(index), '/'),
@@ -352,7 +360,7 @@ class NativeVLLMStack(Stack):
             lambda: commands.native_vllm_launch(
                 self.config, self.placement, self._parent_env,
                 self.machine.engine_gpus[0], self.machine.gpu_defaults,
-                self.machine.has_flashinfer),
+                self.machine.has_flashinfer, self._files.start_cache_dir),
             lambda: probes.get_ok(self.base_url, '/health'),
             lambda: [self.placement.http_port])
     ]
