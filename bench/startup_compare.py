@@ -370,13 +370,9 @@ def reported(lines: list[tuple[float, str]]) -> dict:
 
 
 def gpu_in_use() -> str:
-  try:
-    return subprocess.run(
-        ['nvidia-smi', '--query-compute-apps=pid,used_memory',
-         '--format=csv,noheader'], capture_output=True, text=True,
-        timeout=30).stdout.strip()
-  except OSError:
-    return 'no nvidia-smi'
+  sys.path.insert(0, HERE)
+  from gpu_compare import gpu_memory_in_use  # pylint: disable=import-outside-toplevel
+  return gpu_memory_in_use()
 
 
 def kill_gpu_holders() -> list[int]:

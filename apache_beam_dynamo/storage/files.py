@@ -129,16 +129,9 @@ def fetch(remote: str, local: str, size: int,
   os.makedirs(os.path.dirname(local) or '.', exist_ok=True)
   partial = local + PARTIAL
   hashes = _Hashes(_checksum_kind(remote) if checksum else None)
-  written = 0
   try:
     with _open(remote) as source, open(partial, 'wb') as target:
-      while True:
-        data = source.read(CHUNK)
-        if not data:
-          break
-        hashes.update(data)
-        target.write(data)
-        written += len(data)
+      written = _copy(source, target, hashes)
   except Exception as e:  # pylint: disable=broad-except
     _remove(partial)
     raise StorageError(f'could not read {remote}: {e}') from e
@@ -159,16 +152,21 @@ def put(local: str, remote: str) -> tuple[int, str]:
   """Copies a local file to ``remote``; returns the size and sha256 of the
   bytes written (the file may change under us: this is what went out)."""
   hashes = _Hashes(None)
-  size = 0
   with open(local, 'rb') as source, _create(remote) as target:
-    while True:
-      data = source.read(CHUNK)
-      if not data:
-        break
-      hashes.update(data)
-      target.write(data)
-      size += len(data)
+    size = _copy(source, target, hashes)
   return size, hashes.sha256.hexdigest()
+
+
+def _copy(source, target, hashes: '_Hashes') -> int:
+  """Copies ``source`` to ``target`` in chunks, hashing; returns the bytes."""
+  copied = 0
+  while True:
+    data = source.read(CHUNK)
+    if not data:
+      return copied
+    hashes.update(data)
+    target.write(data)
+    copied += len(data)
 
 
 def read_text(remote: str) -> str:
