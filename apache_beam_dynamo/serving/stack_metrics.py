@@ -14,7 +14,12 @@ gauges (the value at the last sample, summed over engines unless noted)
   engines schedule, and those waiting for a slot (their queue);
   ``kv_cache_usage_pct``: the fullest engine's KV-cache usage, in percent;
   ``prefix_cache_hit_pct``: prefix-cache hits over queries (vLLM) or cached
-  over prompt tokens (Dynamo's frontend), since the stack started.
+  over prompt tokens (Dynamo's frontend, when the engine reports cached
+  tokens: the mocker does not, so it has no such gauge), since the stack
+  started;
+  ``router_kv_hit_pct``: with ``router_mode="kv"``, the mean share of a
+  request's KV blocks that the engine the router chose already held (as
+  the engines' KV events told it), since the stack started.
 distributions (one value per sample that saw requests finish: their mean)
   ``time_to_first_token_micros``, ``inter_token_latency_micros``: as the
   frontend measured them (else the engines). A summary keeps the last
@@ -57,8 +62,14 @@ _PREFIX_HITS = (
     ('dynamo_frontend_cached_tokens_sum',
      'dynamo_frontend_input_sequence_tokens_sum'),
 )
+# Observations behind the frontend's cached tokens: none when the engine
+# never reports cached tokens (the mocker), and then 0 would be made up.
+_CACHED_TOKENS_COUNT = 'dynamo_frontend_cached_tokens_count'
+# The KV router's per-request overlap (a fraction), a histogram.
+_ROUTER_HITS = 'dynamo_component_router_kv_hit_rate'
 
-GAUGE_NAMES = (*_GAUGES, 'kv_cache_usage_pct', 'prefix_cache_hit_pct')
+GAUGE_NAMES = (*_GAUGES, 'kv_cache_usage_pct', 'prefix_cache_hit_pct',
+               'router_kv_hit_pct')
 DISTRIBUTION_NAMES = tuple(_LATENCIES)
 
 Series = dict[str, list[float]]
@@ -128,9 +139,16 @@ class Sampler:
       summary['kv_cache_usage_pct'] = round(100 * max(usage))
     for hits_name, queries_name in _PREFIX_HITS:
       hits, queries = _total(series, hits_name), _total(series, queries_name)
+      if hits_name.startswith('dynamo_frontend') and not _total(
+          series, _CACHED_TOKENS_COUNT):
+        continue
       if hits is not None and queries:
         summary['prefix_cache_hit_pct'] = round(100 * hits / queries)
         break
+    routed = _total(series, f'{_ROUTER_HITS}_count')
+    if routed:
+      summary['router_kv_hit_pct'] = round(
+          100 * _total(series, f'{_ROUTER_HITS}_sum') / routed)
     for ours, families in _LATENCIES.items():
       mean = self._interval_mean(series, families)
       if mean is not None:

@@ -9,15 +9,17 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import StackWatch, run_pipeline
 
 LATENCIES = ('time_to_first_token_micros', 'inter_token_latency_micros')
+# Not prefix_cache_hit_pct: the mocker reports no cached tokens, so the
+# stack has no hit rate to give (rather than a made-up 0).
 GAUGES = ('frontend_inflight_requests', 'frontend_queued_requests',
           'engine_requests_running', 'engine_requests_waiting',
-          'kv_cache_usage_pct', 'prefix_cache_hit_pct')
+          'kv_cache_usage_pct')
 
 
-def _infer(handler, prompts, max_tokens):
+def _infer(handler, prompts, max_tokens, prefix=''):
   def pipeline(p):
     tokens = (
-        p | beam.Create([f'p{i}' for i in range(prompts)])
+        p | beam.Create([f'{prefix}p{i}' for i in range(prompts)])
         | RunInference(handler, inference_args={'max_tokens': max_tokens})
         | beam.Map(lambda r: r.inference.usage.completion_tokens))
     assert_that(tokens, equal_to([max_tokens] * prompts))
@@ -52,6 +54,33 @@ def test_stack_metrics_reach_beam_metrics(completions_handler, no_leftovers):
   for name in GAUGES:
     assert name in gauges, (name, gauges)
   assert 0 <= gauges['kv_cache_usage_pct'] <= 100
-  assert 0 <= gauges['prefix_cache_hit_pct'] <= 100
+  assert 'prefix_cache_hit_pct' not in gauges
+  assert 'router_kv_hit_pct' not in gauges  # round-robin: no KV router
   assert gauges['frontend_inflight_requests'] >= 0
   assert state.metrics['sample'] >= 1
+
+
+def test_kv_router_hit_rate_with_a_shared_prefix(completions_handler,
+                                                 no_leftovers):
+  # Two engines behind the KV router; every prompt starts with the same
+  # 640 tokens (10 blocks of 64: the tiny tokenizer is byte-level).
+  handler = completions_handler(
+      vllm_server_kwargs={'speedup-ratio': '1'}, num_engines=2,
+      router_mode='kv', liveness_interval_s=0.2)
+  watch = StackWatch(handler)
+  prefix = 'shared context ' * 43  # 645 characters
+  try:
+    # The first pipeline fills the engines' caches; the second's requests
+    # find their prefix where the router sends them.
+    _infer(handler, 40, 2, prefix)
+    result = _infer(handler, 40, 2, prefix)
+    state = watch.wait_for(
+        lambda s: s.metrics.get('router_kv_hit_pct', 0) >= 20)
+  finally:
+    watch.close()
+
+  gauges = {g.key.metric.name: g.committed.value for g in result.metrics().query(
+      MetricsFilter().with_namespace('BeamML_Dynamo'))['gauges']}
+  assert state.metrics['router_kv_hit_pct'] <= 100, state.metrics
+  assert 'router_kv_hit_pct' in gauges, gauges  # reported as a Beam gauge
+  assert 'prefix_cache_hit_pct' not in gauges

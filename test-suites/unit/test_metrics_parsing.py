@@ -15,6 +15,7 @@ dynamo_frontend_time_to_first_token_seconds_count{model="tiny_model"} %(ttft_cou
 dynamo_frontend_inter_token_latency_seconds_sum{model="tiny_model"} 14.0304
 dynamo_frontend_inter_token_latency_seconds_count{model="tiny_model"} 1900
 dynamo_frontend_cached_tokens_sum{model="tiny_model"} 25
+dynamo_frontend_cached_tokens_count{model="tiny_model"} 4
 dynamo_frontend_input_sequence_tokens_sum{model="tiny_model"} 100
 '''
 ENGINE = '''
@@ -75,3 +76,25 @@ def test_no_page_no_summary():
   sampler = Sampler(lambda: ['http://127.0.0.1:1'])
   assert sampler.sample() is None
   assert sampler.samples == 0
+
+
+# ai-dynamo 1.4.2's frontend with two mocker engines and router_mode="kv":
+# the mocker reports no cached tokens (count 0), the KV router its overlap.
+KV_FRONTEND = '''
+dynamo_frontend_cached_tokens_sum{model="tiny_model"} 0
+dynamo_frontend_cached_tokens_count{model="tiny_model"} 0
+dynamo_frontend_input_sequence_tokens_sum{model="tiny_model"} 207840
+dynamo_component_router_kv_hit_rate_sum{dynamo_component="backend",dynamo_namespace="abd_6289c5c45605",router_id="6720393405078727944",worker_id="5d43a2321c986d08"} 119.9999999999996
+dynamo_component_router_kv_hit_rate_count{dynamo_component="backend",dynamo_namespace="abd_6289c5c45605",router_id="6720393405078727944",worker_id="5d43a2321c986d08"} 201
+'''
+
+
+def test_no_prefix_hit_rate_made_up_from_cached_tokens_never_reported():
+  summary = summarize(Sampler(list), [stack_metrics.parse(KV_FRONTEND)])
+  assert 'prefix_cache_hit_pct' not in summary
+  assert summary['router_kv_hit_pct'] == 60  # 120 / 201 requests
+
+
+def test_no_router_hit_rate_without_the_kv_router():
+  summary = summarize(Sampler(list), pages())
+  assert 'router_kv_hit_pct' not in summary
