@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/prefix_bench.py                  # 3 repeats (~15 min)
     .venv/bin/python bench/prefix_bench.py --repeats 1      # a look
+    python bench/prefix_bench.py --engine vllm --model DIR ...  # GPUs (docs/gpu.md)
 
 Each run is one Beam pipeline (DirectRunner) in a fresh process, with a
 fresh stack (so a cold prefix cache), on the CPU lane: dynamo.mocker at
@@ -124,8 +125,14 @@ def stack_numbers(state) -> dict:
         'requests': done,
         'ttft_ms': 1000 * (total(page, 'vllm:time_to_first_token_seconds_sum')
                            or 0) / max(done, 1),
+        # vLLM's own prefix-cache counters (dynamo.vllm; not the mocker's)
         'prefix_cache_hits': total(page, 'vllm:prefix_cache_hits_total'),
+        'prefix_cache_queries': total(page, 'vllm:prefix_cache_queries_total'),
     })
+  hits = [e['prefix_cache_hits'] for e in engines]
+  queries = [e['prefix_cache_queries'] for e in engines]
+  if None not in hits + queries and sum(queries):
+    numbers['engine_prefix_hit_pct'] = 100 * sum(hits) / sum(queries)
   numbers['engines'] = engines
   return numbers
 
@@ -159,14 +166,18 @@ def run_one(args) -> None:
   from apache_beam_dynamo.runtime.registry import registry
 
   engines, router, sort = CONFIGS[args.run]
-  prompts = prefix_workload.WORKLOADS[args.workload]()
+  model = args.model or TINY_MODEL_DIR
+  prompts = prefix_workload.WORKLOADS[args.workload](model_dir=model)
   base = sorted_handler(VLLMCompletionsModelHandler) if sort else (
       VLLMCompletionsModelHandler)
+  flags = {'speedup-ratio': str(args.speedup)} if args.engine == 'mocker' else {}
   handler = base(
-      TINY_MODEL_DIR, {'speedup-ratio': str(args.speedup), **engine_args(args)},
-      use_dynamo=True,
-      engine='mocker', num_engines=engines, router_mode=router,
+      model, {**flags, **engine_args(args)}, use_dynamo=True,
+      engine=args.engine, num_engines=engines, router_mode=router,
       keep_alive_s=0)
+  inference_args = {'max_tokens': args.max_tokens}
+  if args.ignore_eos:
+    inference_args['ignore_eos'] = True
 
   class Holder:
     pass
@@ -177,7 +188,7 @@ def run_one(args) -> None:
   pipeline = beam.Pipeline()
   _ = (pipeline | beam.Create(prompts)
        | beam.Map(timing.mark_start)
-       | RunInference(handler, inference_args={'max_tokens': args.max_tokens})
+       | RunInference(handler, inference_args=inference_args)
        | beam.Map(timing.record)
        | beam.CombineGlobally(sum)
        | beam.Map(timing.record_total))
@@ -200,8 +211,10 @@ def run_one(args) -> None:
 def measure(config, workload, args) -> dict:
   command = [
       sys.executable, __file__, '--run', config, '--workload', workload,
-      '--speedup', str(args.speedup), '--max_tokens', str(args.max_tokens)
-  ] + [f'--engine_arg={a}' for a in args.engine_arg or ()]
+      '--speedup', str(args.speedup), '--max_tokens', str(args.max_tokens),
+      '--engine', args.engine
+  ] + (['--model', args.model] if args.model else []) + (
+      ['--ignore_eos'] if args.ignore_eos else []) + [f'--engine_arg={a}' for a in args.engine_arg or ()]
   done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
   line = next((l for l in done.stdout.splitlines() if l.startswith('RESULT ')),
               None)
@@ -243,6 +256,13 @@ def main(argv=None) -> None:
   parser.add_argument('--speedup', type=float, default=1)
   parser.add_argument('--max_tokens', type=int, default=16)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--engine', choices=('mocker', 'vllm'), default='mocker',
+                      help='vllm: dynamo.vllm on the GPUs (one per engine)')
+  parser.add_argument('--model', default=None,
+                      help='model directory (default: the tiny model); its '
+                      'tokenizer cuts the prefixes to 1,000 tokens')
+  parser.add_argument('--ignore_eos', action='store_true',
+                      help='every answer max_tokens long (a real model)')
   parser.add_argument('--engine_arg', action='append',
                       help='extra mocker flag FLAG=VALUE for every engine, '
                       'e.g. num-gpu-blocks-override=1024 (repeatable)')
@@ -270,7 +290,8 @@ def main(argv=None) -> None:
         print(f'repeat {repeat + 1} {workload:7s} {config:10s} '
               f'{run["requests_per_s"]:6.1f} prompts/s {run["tokens_per_s"]:6.0f} '
               f'tok/s TTFT {run["ttft_ms"]:6.0f} ms router hit '
-              f'{hit if hit is not None else float("nan"):5.1f}% engines '
+              f'{hit if hit is not None else float("nan"):5.1f}% engine hit '
+              f'{run.get("engine_prefix_hit_pct", float("nan")):5.1f}% engines '
               f'{[int(e["requests"]) for e in run["engines"]]} beam '
               f'{ {k: run["beam"].get(k) for k in ("prefix_cache_hit_pct", "time_to_first_token_micros")} }',
               flush=True)
@@ -282,7 +303,8 @@ def main(argv=None) -> None:
               if r['workload'] == workload and r['config'] == config]
       report['results'][workload][config] = {
           key: summary(runs, key) for key in (
-              'requests_per_s', 'tokens_per_s', 'ttft_ms', 'router_kv_hit_pct')
+              'requests_per_s', 'tokens_per_s', 'ttft_ms', 'router_kv_hit_pct',
+          'engine_prefix_hit_pct')
       } | {'runs': runs}
   print_table(report)
   os.makedirs(os.path.dirname(args.json), exist_ok=True)

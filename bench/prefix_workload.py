@@ -7,12 +7,12 @@
     control  3,200 prompts of the same sizes that share nothing: each has a
              prefix of its own (different from its first token on).
 
-Tokens are counted with the tiny model's tokenizer
+Tokens are counted with the model's tokenizer: by default the tiny model's
 (``apache_beam_dynamo.TINY_MODEL_DIR``: byte-level, one token per byte of
-ASCII text), so a 1,000-token prefix is 1,000 characters here; on a real
-model the same text is ~250 tokens.
+ASCII text, so a 1,000-token prefix is 1,000 characters); ``model_dir``
+(a directory with tokenizer.json) cuts them to 1,000 tokens of that model.
 
-    python bench/prefix_workload.py            # prints sizes and samples
+    python bench/prefix_workload.py [MODEL_DIR]   # prints sizes and samples
 """
 
 import random
@@ -39,11 +39,13 @@ PREFIX_TOKENS = 1000
 SEED = 16
 
 
-def _tokenizer():
+def _tokenizer(model_dir: Optional[str] = None):
+  """The tokenizer of ``model_dir`` (its tokenizer.json), by default the
+  tiny model's."""
   from tokenizers import Tokenizer
 
   from apache_beam_dynamo import TINY_MODEL_DIR
-  return Tokenizer.from_file(f'{TINY_MODEL_DIR}/tokenizer.json')
+  return Tokenizer.from_file(f'{model_dir or TINY_MODEL_DIR}/tokenizer.json')
 
 
 def count_tokens(text: str, tokenizer=None) -> int:
@@ -53,11 +55,14 @@ def count_tokens(text: str, tokenizer=None) -> int:
 
 def _text(rng: random.Random, tokens: int, tokenizer) -> str:
   """Random words, cut to exactly ``tokens`` tokens of the tiny tokenizer."""
-  words = []
-  while len(' '.join(words)) < tokens + 20:
-    words.append(rng.choice(WORDS))
-  ids = tokenizer.encode(' '.join(words), add_special_tokens=False).ids
-  return tokenizer.decode(ids[:tokens])
+  words, length = [], tokens + 20  # characters: enough when byte-level
+  while True:
+    while len(' '.join(words)) < length:
+      words.append(rng.choice(WORDS))
+    ids = tokenizer.encode(' '.join(words), add_special_tokens=False).ids
+    if len(ids) >= tokens:
+      return tokenizer.decode(ids[:tokens])
+    length *= 2  # a BPE tokenizer: several characters a token
 
 
 def _question(rng: random.Random, index: int) -> str:
@@ -67,11 +72,12 @@ def _question(rng: random.Random, index: int) -> str:
 def shared(prefixes: int = PREFIXES,
            questions: int = QUESTIONS_PER_PREFIX,
            prefix_tokens: int = PREFIX_TOKENS,
-           seed: int = SEED) -> list[str]:
+           seed: int = SEED,
+           model_dir: Optional[str] = None) -> list[str]:
   """``prefixes`` x ``questions`` prompts, each a shared prefix and a short
   question, shuffled."""
   rng = random.Random(seed)
-  tokenizer = _tokenizer()
+  tokenizer = _tokenizer(model_dir)
   # Each prefix starts with its own number, so no two share a first block.
   heads = [
       f'Document {p}. ' + _text(rng, prefix_tokens - 16, tokenizer)
@@ -88,11 +94,12 @@ def shared(prefixes: int = PREFIXES,
 def control(prefixes: int = PREFIXES,
             questions: int = QUESTIONS_PER_PREFIX,
             prefix_tokens: int = PREFIX_TOKENS,
-            seed: int = SEED) -> list[str]:
+            seed: int = SEED,
+            model_dir: Optional[str] = None) -> list[str]:
   """As many prompts of the same sizes, sharing nothing: every prompt has
   a prefix of its own, starting with its own number."""
   rng = random.Random(seed + 1)
-  tokenizer = _tokenizer()
+  tokenizer = _tokenizer(model_dir)
   prompts = [
       f'Document {i}. ' + _text(rng, prefix_tokens - 16, tokenizer) +
       _question(rng, i % questions) for i in range(prefixes * questions)
@@ -110,9 +117,11 @@ WORKLOADS = {'shared': shared, 'control': control}
 
 
 def main() -> None:
-  tokenizer = _tokenizer()
+  import sys
+  model_dir = sys.argv[1] if len(sys.argv) > 1 else None
+  tokenizer = _tokenizer(model_dir)
   for name, make in WORKLOADS.items():
-    prompts = make()
+    prompts = make(model_dir=model_dir)
     sizes = sorted(count_tokens(p, tokenizer) for p in prompts)
     distinct = len({p[:200] for p in prompts})
     print(f'{name}: {len(prompts)} prompts, tokens min {sizes[0]} median '

@@ -5,6 +5,7 @@
 #
 #   bash test-suites/gpu/device.sh suite             # the GPU suite
 #   bash test-suites/gpu/device.sh compare [ARGS]    # bench/gpu_compare.py
+#   bash test-suites/gpu/device.sh prefix [ARGS]     # bench/prefix_bench.py
 #
 # Builds the random-weight Qwen3-0.6B-shaped model first if needed. Logs and
 # JSON go to $OUT (the device tool brings them back).
@@ -29,6 +30,9 @@ case "$step" in
     exit "${PIPESTATUS[0]}" ;;
   compare)
     python3 bench/gpu_compare.py --model "$MODEL" "$@" 2>&1 | tee -a "$OUT/gpu_compare.log"
+    exit "${PIPESTATUS[0]}" ;;
+  prefix)
+    python3 bench/prefix_bench.py --engine vllm --model "$MODEL" "$@" 2>&1 | tee -a "$OUT/prefix_bench.log"
     exit "${PIPESTATUS[0]}" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
