@@ -264,7 +264,7 @@ def main(argv=None) -> None:
   parser.add_argument('--ignore_eos', action='store_true',
                       help='every answer max_tokens long (a real model)')
   parser.add_argument('--engine_arg', action='append',
-                      help='extra mocker flag FLAG=VALUE for every engine, '
+                      help='extra engine flag FLAG=VALUE for every engine, '
                       'e.g. num-gpu-blocks-override=1024 (repeatable)')
   parser.add_argument('--configs', default=','.join(CONFIGS))
   parser.add_argument('--workloads', default='shared,control')
