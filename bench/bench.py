@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -173,12 +172,7 @@ def measure(config, speedup, prompts_count, max_tokens, args,
       '--prompts', str(prompts_count), '--max_tokens', str(max_tokens),
       '--concurrency', str(args.concurrency)
   ] + (['--sample'] if sample else [])
-  done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-  line = next((l for l in done.stdout.splitlines() if l.startswith('RESULT ')),
-              None)
-  if done.returncode or line is None:
-    raise RuntimeError(f'{config} failed:\n{done.stderr[-3000:]}')
-  return json.loads(line[len('RESULT '):])
+  return timing.run_child(command, config, timeout_s=3600)
 
 
 def summarize(runs: list[dict], key: str) -> dict:

@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -215,12 +214,7 @@ def measure(config, workload, args) -> dict:
       '--engine', args.engine
   ] + (['--model', args.model] if args.model else []) + (
       ['--ignore_eos'] if args.ignore_eos else []) + [f'--engine_arg={a}' for a in args.engine_arg or ()]
-  done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-  line = next((l for l in done.stdout.splitlines() if l.startswith('RESULT ')),
-              None)
-  if done.returncode or line is None:
-    raise RuntimeError(f'{config} {workload} failed:\n{done.stderr[-3000:]}')
-  return json.loads(line[len('RESULT '):])
+  return timing.run_child(command, f'{config} {workload}', timeout_s=1800)
 
 
 def summary(runs, key):

@@ -10,7 +10,9 @@ A module of its own (not bench.py, which runs as __main__) so Beam pickles
 appends to this one list.
 """
 
+import json
 import os
+import subprocess
 import time
 
 RESULT_TIMES: list[float] = []
@@ -62,3 +64,14 @@ def reap_children() -> int:
     process.kill()
   psutil.wait_procs(left, timeout=30)
   return len(left)
+
+
+def run_child(command: list[str], label: str, timeout_s: float) -> dict:
+  """Runs one benchmark child process; returns the JSON of its RESULT line."""
+  done = subprocess.run(command, capture_output=True, text=True,
+                        timeout=timeout_s)
+  line = next((l for l in done.stdout.splitlines() if l.startswith('RESULT ')),
+              None)
+  if done.returncode or line is None:
+    raise RuntimeError(f'{label} failed:\n{done.stderr[-3000:]}')
+  return json.loads(line[len('RESULT '):])

@@ -163,6 +163,16 @@ def tiny_model() -> str:
   return TINY_MODEL_DIR
 
 
+def model_copies(model: str, directory, names=('model-a', 'model-b')) -> list[str]:
+  """Copies of the model directory ``model`` under ``directory``, one per
+  name: distinct models for tests of several stacks on one machine."""
+  copies = []
+  for name in names:
+    shutil.copytree(model, os.path.join(directory, name))
+    copies.append(os.path.join(str(directory), name))
+  return copies
+
+
 class Holder:
   """Stands in for a handler copy: a lease lives as long as its holder."""
 

@@ -4,7 +4,6 @@ GPU run side by side when their memory shares fit, and fail at once, naming
 the stack already there, when they do not."""
 
 import logging
-import shutil
 
 import apache_beam as beam
 import psutil
@@ -19,8 +18,8 @@ from apache_beam_dynamo.runtime.registry import registry
 from apache_beam_dynamo.serving.ledger import Ledger
 
 from conftest import (
-    FAST_MOCKER, Holder, ProcessWatch, mocker_config, run_pipeline, stack_pids,
-    wait_for_no_leftovers, wait_until)
+    FAST_MOCKER, Holder, ProcessWatch, mocker_config, model_copies,
+    run_pipeline, stack_pids, wait_for_no_leftovers, wait_until)
 
 
 def test_seven_handlers_of_one_model_run_one_engine(
@@ -64,14 +63,6 @@ def test_seven_handlers_of_one_model_run_one_engine(
   assert 'request_timeout_s' not in warnings  # per handler, never a conflict
 
 
-def two_models(tmp_path):
-  models = []
-  for name in ('model-a', 'model-b'):
-    shutil.copytree(TINY_MODEL_DIR, tmp_path / name)
-    models.append(str(tmp_path / name))
-  return models
-
-
 def model_handler(model, **engine_flags):
   return VLLMCompletionsModelHandler(
       model, {**FAST_MOCKER, **engine_flags}, use_dynamo=True,
@@ -96,7 +87,7 @@ def two_model_pipeline(handlers):
 def test_two_models_whose_shares_fit_share_a_gpu(tmp_path, no_leftovers):
   handlers = [
       model_handler(model, **{'gpu-memory-utilization': '0.4'})
-      for model in two_models(tmp_path)
+      for model in model_copies(TINY_MODEL_DIR, tmp_path)
   ]
   with ProcessWatch('dynamo.mocker') as engines:
     run_pipeline(two_model_pipeline(handlers))
@@ -107,7 +98,7 @@ def test_two_models_whose_shares_fit_share_a_gpu(tmp_path, no_leftovers):
 
 def test_two_models_with_default_shares_fail_fast_naming_the_other(
     tmp_path, no_leftovers):
-  handlers = [model_handler(model) for model in two_models(tmp_path)]
+  handlers = [model_handler(model) for model in model_copies(TINY_MODEL_DIR, tmp_path)]
   with ProcessWatch('dynamo.mocker') as engines:
     with pytest.raises(Exception) as failure:
       run_pipeline(two_model_pipeline(handlers))
@@ -120,7 +111,7 @@ def test_two_models_with_default_shares_fail_fast_naming_the_other(
 
 
 def test_the_ledger_error_surfaces_as_a_startup_error(tmp_path, no_leftovers):
-  first_model, second_model = two_models(tmp_path)
+  first_model, second_model = model_copies(TINY_MODEL_DIR, tmp_path)
   holder = Holder()
   first = registry.acquire(mocker_config(first_model, gpus=(0, )), holder)
   state = first.wait_ready(60)
@@ -158,7 +149,7 @@ def test_a_newcomer_waits_for_a_stopping_stack_to_free_the_gpu(
   config (the supervisor keeps its name until down) or another model on
   the same GPU (the ledger entry is 'stopping'), starts only once it is
   gone, never beside it."""
-  first_model, second_model = two_models(tmp_path)
+  first_model, second_model = model_copies(TINY_MODEL_DIR, tmp_path)
   etcd = slow_to_stop_etcd(tmp_path)
   old_config = mocker_config(
       first_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10)

@@ -12,7 +12,6 @@ declares gpus=[0] for the ledger).
 """
 
 import os
-import shutil
 import subprocess
 import time
 
@@ -24,7 +23,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam_dynamo import (
     OpenAIChatMessage, VLLMChatModelHandler, VLLMCompletionsModelHandler)
 
-from conftest import ProcessWatch, wait_for_no_leftovers
+from conftest import ProcessWatch, model_copies, wait_for_no_leftovers
 
 MODEL = os.environ.get('GPU_SUITE_MODEL')
 ENGINE = os.environ.get('GPU_SUITE_ENGINE', 'vllm')
@@ -46,14 +45,6 @@ def options(**extra):
                 startup_timeout_s=900, gpus=[0])
   chosen.update(extra)
   return chosen
-
-
-def two_models(tmp_path):
-  models = []
-  for name in ('model-a', 'model-b'):
-    shutil.copytree(MODEL, tmp_path / name)
-    models.append(str(tmp_path / name))
-  return models
 
 
 def completions(p, label, handler):
@@ -88,7 +79,7 @@ def test_sharing_two_models_at_0_4_each_run_side_by_side(tmp_path):
   handlers = [
       VLLMCompletionsModelHandler(
           model, flags(**{'gpu-memory-utilization': '0.4'}), **options())
-      for model in two_models(tmp_path)
+      for model in model_copies(MODEL, tmp_path)
   ]
   with ProcessWatch(ENGINE_MARKER) as engines:
     run(lambda p: [completions(p, f'M{i}', h) for i, h in enumerate(handlers)])
@@ -99,7 +90,7 @@ def test_sharing_two_models_at_0_4_each_run_side_by_side(tmp_path):
 def test_sharing_two_models_at_defaults_fail_fast(tmp_path):
   handlers = [
       VLLMCompletionsModelHandler(model, flags(), **options())
-      for model in two_models(tmp_path)
+      for model in model_copies(MODEL, tmp_path)
   ]
   started = time.monotonic()
   with ProcessWatch(ENGINE_MARKER) as engines:

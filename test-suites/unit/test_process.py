@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -15,6 +14,8 @@ from apache_beam_dynamo.processes.launch import Launch
 from apache_beam_dynamo.processes.process import (
     ManagedProcess, forwarded_level, group_alive, line_level)
 from apache_beam_dynamo.processes.reaper import Reaper
+
+from conftest import wait_until
 
 # A parent that starts a grandchild in its own process group, like
 # dynamo.vllm starting vLLM's EngineCore, then waits.
@@ -37,17 +38,10 @@ def _collect():
       (component, level, line))
 
 
-def _wait_for(predicate, timeout_s=10.0):
-  deadline = time.monotonic() + timeout_s
-  while not predicate():
-    assert time.monotonic() < deadline, 'timed out'
-    time.sleep(0.02)
-
-
 def test_stop_kills_the_whole_process_group():
   lines, sink = _collect()
   process = ManagedProcess(_launch(_FAMILY), sink)
-  _wait_for(lambda: any('child' in l[2] for l in lines))
+  wait_until(lambda: any('child' in l[2] for l in lines), 10, 'the grandchild')
   grandchild = int(next(l[2] for l in lines if 'child' in l[2]).split()[1])
   assert os.getpgid(grandchild) == process.pgid != os.getpgid(0)
   process.stop(grace_s=5)
@@ -62,7 +56,7 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored():
           'print("up", flush=True); time.sleep(60)')
   lines, sink = _collect()
   process = ManagedProcess(_launch(code), sink)
-  _wait_for(lambda: lines)
+  wait_until(lambda: lines, 10, 'the first line')
   assert process.stop(grace_s=0.5) == -signal.SIGKILL
   assert not group_alive(process.pgid)
 
@@ -73,7 +67,7 @@ def test_output_is_forwarded_with_levels_and_kept_as_tail():
       _launch('import sys; [print("line", i) for i in range(100)];'
               'print("ERROR boom", file=sys.stderr); sys.exit(3)'), sink,
       tail_lines=10)
-  _wait_for(lambda: not process.alive())
+  wait_until(lambda: not process.alive(), 10, 'the child to exit')
   failure = process.failure('exited unexpectedly')
   assert failure.exit_code == 3
   assert failure.log_tail[-1] == 'ERROR boom'
@@ -129,9 +123,9 @@ time.sleep(60)
   assert psutil.pid_exists(victim) and marker.exists()
   owner.kill()
   owner.wait()
-  _wait_for(lambda: not psutil.pid_exists(victim) or psutil.Process(
-      victim).status() == psutil.STATUS_ZOMBIE, timeout_s=5)
-  _wait_for(lambda: not marker.exists(), timeout_s=5)
+  wait_until(lambda: not psutil.pid_exists(victim) or psutil.Process(
+      victim).status() == psutil.STATUS_ZOMBIE, 5, 'the reaper to kill the group')
+  wait_until(lambda: not marker.exists(), 5, 'the reaper to remove the dir')
 
 
 def test_reaper_leaves_forgotten_groups_alone():
