@@ -17,7 +17,11 @@ Same prompts for every step (``--prompts`` of ~128 tokens, ``max_tokens``
 
 ``*-cold`` first empties vLLM's, Inductor's and Triton's caches (all
 pointed under ``--cache_root``); ``*-warm`` reuses what the step before
-left. Each step runs in a child whose output lines (vLLM's and, for ours,
+left. With ``--compile_cache DIR`` ours uses the shared start cache:
+``ours-cold`` also empties DIR (a cold worker that publishes the entry),
+``ours-restore`` empties only the local caches (a cold worker that
+restores it). ``ours-warm+NAME`` runs with the engine flags of
+``--variant NAME=FLAG:VALUE,...``. Each step runs in a child whose output lines (vLLM's and, for ours,
 the stack's children forwarded through logging) are stamped here on
 arrival, in seconds since the child was spawned; the child adds ``MARK``
 lines (its own milestones, and for ours a poller that watches etcd, the
@@ -43,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MILESTONES = [
     ('imports done', r'^MARK imports_done'),
     ('load_model called', r'^MARK load_model_called'),
+    ('start cache restored', r'Start cache .*: restored'),
     ('etcd up', r'^MARK etcd_up'),
     ('frontend up', r'^MARK frontend_live'),
     ('engine process seen', r'^MARK engine_seen'),
@@ -224,11 +229,15 @@ def child_ours(args, prompts) -> dict:
   if args.mocker:  # a CPU dry run of this script
     handler = VLLMCompletionsModelHandler(
         args.model, {'speedup-ratio': '0'}, use_dynamo=True, engine='mocker',
-        keep_alive_s=600)
+        keep_alive_s=600, compile_cache=args.compile_cache)
   else:
+    flags = {'gpu-memory-utilization': str(args.gpu_memory_utilization)}
+    flags.update(json.loads(args.engine_flags))
+    in_flight = flags.pop('inflight', None)  # the client's, not an engine flag
     handler = VLLMCompletionsModelHandler(
-        args.model, {'gpu-memory-utilization': str(args.gpu_memory_utilization)},
-        use_dynamo=True, keep_alive_s=600, startup_timeout_s=900)
+        args.model, flags, use_dynamo=True, keep_alive_s=600,
+        startup_timeout_s=900, compile_cache=args.compile_cache,
+        max_concurrent_requests=int(in_flight) if in_flight else None)
   original = VLLMCompletionsModelHandler.load_model
 
   def load_model(self):
@@ -295,6 +304,11 @@ def wipe_caches(cache_root: str) -> list[str]:
   return wiped
 
 
+def step_mode(step: str) -> str:
+  """'ours-warm+seqs512' -> 'warm'."""
+  return step.split('-', 1)[1].partition('+')[0]
+
+
 def run_child(step: str, args, log_path: str, timeout_s: float) -> dict:
   kind = step.split('-')[0]
   argv = [sys.executable, os.path.abspath(__file__), '--child', kind,
@@ -306,8 +320,13 @@ def run_child(step: str, args, log_path: str, timeout_s: float) -> dict:
     argv.append('--mocker')
   if step == 'ours-warm' and args.after_ours_warm:
     argv += ['--after', args.after_ours_warm]
-  if step.endswith('cold'):
+  if step_mode(step) in ('cold', 'restore'):
     argv += ['--prompts_limit', str(args.cold_prompts)]
+  if args.compile_cache:
+    argv += ['--compile_cache', args.compile_cache]
+  variant = step.partition('+')[2]
+  argv += ['--engine_flags', json.dumps(
+      dict(f.split(':', 1) for f in args.variants[variant]) if variant else {})]
   spawned = time.monotonic()
   proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors='replace', bufsize=1)
@@ -375,6 +394,25 @@ def gpu_in_use() -> str:
   return gpu_memory_in_use()
 
 
+def wait_for_supervisors_gone(timeout_s: float = 120) -> None:
+  """A step's supervisor outlives it while it stops the stack and finishes
+  publishing the start cache: the next step waits for that."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    left = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+      try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+          if b'apache_beam_dynamo.runtime.supervisor' in f.read():
+            left.append(pid)
+      except OSError:
+        pass
+    if not left:
+      return
+    time.sleep(0.5)
+  print(f'supervisors still running after {timeout_s:.0f} s', flush=True)
+
+
 def kill_gpu_holders() -> list[int]:
   """Kills (by pid) what still holds the GPU: an engine a step left behind
   (on the lent machine only this benchmark's processes use the GPU)."""
@@ -416,9 +454,22 @@ def main(argv=None) -> None:
   parser.add_argument('--prompts_file')
   parser.add_argument('--prompts_limit', type=int)
   parser.add_argument('--after', default='')
+  parser.add_argument(
+      '--compile_cache', default=None,
+      help="ours: the handler's compile_cache (a local directory here); "
+      'ours-cold starts with it empty and publishes, ours-restore empties '
+      'only the local caches and restores from it')
+  parser.add_argument(
+      '--variant', action='append', default=[],
+      help='NAME=FLAG:VALUE[,FLAG:VALUE]: engine flags of a step named '
+      'ours-MODE+NAME, e.g. seqs512=max-num-seqs:512; inflight:N sets the '
+      "handler's max_concurrent_requests")
+  parser.add_argument('--engine_flags', default='{}', help=argparse.SUPPRESS)
   parser.add_argument('--mocker', action='store_true',
                       help='ours on the CPU mocker (a dry run of this script)')
   args = parser.parse_args(argv)
+  args.variants = {name: flags.split(',') for name, _, flags in (
+      v.partition('=') for v in args.variant)}
 
   if args.child:
     with open(args.prompts_file) as f:
@@ -440,6 +491,9 @@ def main(argv=None) -> None:
   os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR',
                         os.path.join(args.cache_root, 'inductor'))
   os.environ.setdefault('TRITON_CACHE_DIR', os.path.join(args.cache_root, 'triton'))
+  # the package's local start cache (compile_cache) lives there too
+  os.environ.setdefault('APACHE_BEAM_DYNAMO_CACHE_DIR',
+                        os.path.join(args.cache_root, 'abd'))
   os.environ['PYTHONUNBUFFERED'] = '1'
   args.prompts_file = os.path.join(args.cache_root + '-prompts.json')
   with open(args.prompts_file, 'w') as f:
@@ -460,7 +514,12 @@ def main(argv=None) -> None:
       print(f'{step}: skipped, {left:.0f} s left', flush=True)
       report['steps'][step] = {'skipped': f'{left:.0f} s left'}
       continue
-    wiped = wipe_caches(args.cache_root) if step.endswith('cold') else []
+    wait_for_supervisors_gone()
+    mode = step_mode(step)
+    wiped = wipe_caches(args.cache_root) if mode in ('cold', 'restore') else []
+    if mode == 'cold' and args.compile_cache and os.path.isdir(args.compile_cache):
+      shutil.rmtree(args.compile_cache)  # a cold worker with no entry yet
+      wiped.append(args.compile_cache)
     # the GPU must be free of the last step's engine
     deadline = time.monotonic() + 30
     while gpu_in_use() and time.monotonic() < deadline:
