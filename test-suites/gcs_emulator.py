@@ -14,9 +14,6 @@ import urllib.request
 import pytest
 from apache_beam.internal.gcp import auth
 from apache_beam.io.filesystems import FileSystems
-from gcp_storage_emulator.handlers import buckets
-from gcp_storage_emulator.server import RequestHandler
-from gcp_storage_emulator.storage import Storage
 
 SUITES = os.path.dirname(os.path.abspath(__file__))
 NO_CREDENTIALS = os.path.join(SUITES, 'support', 'no_gcp_credentials')
@@ -27,6 +24,11 @@ class GcsEmulator:
   """gcp-storage-emulator's request handler and in-memory storage, served on
   a port the OS picks on 127.0.0.1, by a thread this object joins."""
   def __init__(self, bucket: str):
+    # imported here: the GPU suite's machine has no emulator installed
+    # pylint: disable=import-outside-toplevel
+    from gcp_storage_emulator.handlers import buckets
+    from gcp_storage_emulator.server import RequestHandler
+    from gcp_storage_emulator.storage import Storage
     self.bucket = bucket
     storage = Storage(use_memory_fs=True)
     buckets.create_bucket(bucket, storage)
