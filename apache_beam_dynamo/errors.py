@@ -33,11 +33,13 @@ class ComponentFailure(DynamoHandlerError):
       *,
       exit_code: Optional[int] = None,
       log_tail: Sequence[str] = (),
+      first_error: Sequence[str] = (),
       remedy: str = ''):
     self.component = component
     self.reason = reason
     self.exit_code = exit_code
     self.log_tail = tuple(log_tail)
+    self.first_error = tuple(first_error)
     self.remedy = remedy
     super().__init__(self._render())
 
@@ -48,6 +50,10 @@ class ComponentFailure(DynamoHandlerError):
     text = ' '.join(parts) + '.'
     if self.remedy:
       text += ' ' + self.remedy
+    if self.first_error:
+      text += (
+          f'\nThe {self.component} log from its first error on:\n' +
+          '\n'.join('  | ' + line for line in self.first_error) + '\n  | ...')
     if self.log_tail:
       text += (
           f'\nLast {len(self.log_tail)} lines of the {self.component} log:\n' +

@@ -3,8 +3,10 @@
 Each child runs in its own session, hence its own process group, so that
 stopping it reaches every process it spawned (vLLM's EngineCore included),
 and so that a signal meant for the parent (Ctrl-C) does not hit it directly.
-Its output is forwarded line by line (INFO lines at DEBUG), and the recent
-tail is kept for error messages.
+Its output is forwarded line by line (INFO lines at DEBUG); the recent tail
+and the lines from its first error on are kept for error messages (a
+failing vLLM engine's root cause is its EngineCore's traceback, which the
+engine's own wrapper traceback pushes out of the tail).
 """
 
 import collections
@@ -77,10 +79,13 @@ def signal_group(pgid: int, signum: int) -> None:
 class ManagedProcess:
   """A started child in its own process group, with its log tail."""
   def __init__(
-      self, launch: Launch, on_line: LineSink, *, tail_lines: int = 60):
+      self, launch: Launch, on_line: LineSink, *, tail_lines: int = 60,
+      first_error_lines: int = 40):
     self.component = launch.component
     self._on_line = on_line
     self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    self._first_error: list[str] = []
+    self._first_error_lines = first_error_lines
     self._popen = subprocess.Popen(
         list(launch.argv),
         env=launch.environ,
@@ -103,7 +108,11 @@ class ManagedProcess:
       if not line:
         continue
       self._tail.append(line)
-      self._on_line(self.component, forwarded_level(line), line)
+      level = forwarded_level(line)
+      if (self._first_error or level >= logging.ERROR) and (
+          len(self._first_error) < self._first_error_lines):
+        self._first_error.append(line)
+      self._on_line(self.component, level, line)
     self._popen.stdout.close()
 
   def exit_code(self) -> Optional[int]:
@@ -119,11 +128,17 @@ class ManagedProcess:
     return list(self._tail)
 
   def failure(self, reason: str, remedy: str = '') -> ComponentFailure:
+    tail = self.tail()
+    # the first error's lines, unless the tail shows them already
+    first_error = [] if self._first_error[:1] == tail[:1] or (
+        self._first_error and self._first_error[-1] in tail) else (
+            self._first_error)
     return ComponentFailure(
         self.component,
         reason,
         exit_code=self.exit_code(),
-        log_tail=self.tail(),
+        log_tail=tail,
+        first_error=first_error,
         remedy=remedy)
 
   def stop(self, grace_s: float) -> Optional[int]:

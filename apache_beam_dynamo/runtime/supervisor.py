@@ -212,6 +212,7 @@ class Supervisor:
             f'restarts in {self._config.restart_window_s:.0f} s',
             exit_code=failure.exit_code,
             log_tail=failure.log_tail,
+            first_error=failure.first_error,
             remedy='See the log below; raise max_restarts if failures are '
             'expected.')
       _LOGGER.warning(

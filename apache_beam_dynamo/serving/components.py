@@ -21,7 +21,7 @@ _ADDRESS_IN_USE = ('address already in use', 'addrinuse', 'address in use')
 
 def port_conflict(failure: ComponentFailure) -> bool:
   """Whether a component failed because a port was taken meanwhile."""
-  text = '\n'.join(failure.log_tail).lower()
+  text = '\n'.join(failure.first_error + failure.log_tail).lower()
   return any(marker in text for marker in _ADDRESS_IN_USE)
 
 

@@ -8,8 +8,8 @@ import sys
 import psutil
 import pytest
 
-from apache_beam_dynamo.serving import ports
-from apache_beam_dynamo.errors import DynamoHandlerError
+from apache_beam_dynamo.serving import components, ports
+from apache_beam_dynamo.errors import ComponentFailure, DynamoHandlerError
 from apache_beam_dynamo.processes.launch import Launch
 from apache_beam_dynamo.processes.process import (
     ManagedProcess, forwarded_level, group_alive, line_level)
@@ -74,6 +74,38 @@ def test_output_is_forwarded_with_levels_and_kept_as_tail():
   assert len(failure.log_tail) == 10
   assert 'engine: exited unexpectedly (exit code 3)' in str(failure)
   assert ('engine', 40, 'ERROR boom') in lines
+
+
+def test_failure_keeps_the_first_error_the_tail_lost():
+  # like vLLM: EngineCore's traceback (the root cause), then the engine's
+  # own long traceback that fills the tail
+  process = ManagedProcess(
+      _launch('import sys; print("INFO starting");'
+              'print("ERROR EngineCore failed to start.", file=sys.stderr);'
+              'print("ValueError: Free memory on device", file=sys.stderr);'
+              '[print("  File x, line", i) for i in range(100)];'
+              'print("RuntimeError: Engine core initialization failed");'
+              'sys.exit(1)'), lambda *_: None, tail_lines=10,
+      first_error_lines=3)
+  wait_until(lambda: not process.alive(), 10, 'the child to exit')
+  failure = process.failure('exited during startup')
+  assert failure.first_error == (
+      'ERROR EngineCore failed to start.',
+      'ValueError: Free memory on device', '  File x, line 0')
+  message = str(failure)
+  assert message.index('ValueError: Free memory') < message.index(
+      'RuntimeError: Engine core initialization failed')
+  assert 'INFO starting' not in message
+
+
+def test_no_first_error_block_when_the_tail_shows_it():
+  process = ManagedProcess(
+      _launch('import sys; print("ERROR boom"); print("after"); sys.exit(1)'),
+      lambda *_: None)
+  wait_until(lambda: not process.alive(), 10, 'the child to exit')
+  failure = process.failure('exited')
+  assert failure.first_error == ()
+  assert str(failure).count('ERROR boom') == 1
 
 
 @pytest.mark.parametrize('line, level', [
@@ -165,3 +197,17 @@ def test_bad_port_range(monkeypatch):
   monkeypatch.setenv(ports.PORT_RANGE_ENV, 'x')
   with pytest.raises(DynamoHandlerError, match='LOW-HIGH'):
     ports.port_range()
+
+
+@pytest.mark.parametrize('first_error, tail, conflict', [
+    (('OSError: [Errno 98] Address already in use', ), ('RuntimeError: x', ),
+     True),
+    ((), ('zmq.error.ZMQError: Address in use', ), True),
+    (('ValueError: Free memory on device', ), ('RuntimeError: x', ), False),
+])
+def test_port_conflict_is_found_in_the_first_error_too(first_error, tail,
+                                                       conflict):
+  failure = ComponentFailure(
+      'engine', 'exited during startup', log_tail=tail,
+      first_error=first_error)
+  assert components.port_conflict(failure) is conflict
