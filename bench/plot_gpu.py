@@ -4,7 +4,7 @@
     python bench/plot_gpu.py RESULTS_DIR [--out DIR] [--table]
 
 RESULTS_DIR holds one folder per device call (``startup.json`` and the
-stamped ``<step>.log`` files). Each step's timeline is re-read from its
+stamped ``<step>.log`` files) and ``plot.json`` (which runs to draw). Each step's timeline is re-read from its
 log with startup_compare.phases(), so milestones added later apply to old
 runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
 vLLM alone, cold and warm) and ``cumulative_tokens.png`` (output tokens
@@ -26,6 +26,7 @@ import startup_compare  # pylint: disable=wrong-import-position
 SEGMENTS = [
     ('imports done', 'process start + imports (vLLM / Beam + package)'),
     ('load_model called', 'Beam pipeline setup until load_model'),
+    ('start cache restored', 'start cache restored (compile_cache)'),
     ('engine process seen', 'supervisor, etcd, frontend, engine launched'),
     ('dynamo.vllm first log line', 'dynamo.vllm imports (torch, vLLM, Dynamo)'),
     ('model resolved', 'engine args; model inspection (cold: modelinfos cache miss)'),
@@ -42,17 +43,18 @@ SEGMENTS = [
 ]
 COLORS = {
     label: color for (_, label), color in zip(SEGMENTS, [
-        '#9e9e9e', '#bcaaa4', '#ffcc80', '#ef9a9a', '#ce93d8', '#e53935',
+        '#9e9e9e', '#bcaaa4', '#7e57c2', '#ffcc80', '#ef9a9a', '#ce93d8', '#e53935',
         '#90caf9', '#1e88e5', '#80cbc4', '#43a047', '#fdd835', '#6d4c41',
         '#455a64', '#ff7043', '#000000'])
 }
-RUNS = [  # (folder, step, label)
-    ('call1', 'vllm-cold', 'vLLM alone, cold'),
-    ('call2', 'ours-cold', 'ours, cold'),
-    ('call4-fork', 'ours-cold', 'ours + fork_engine, cold*'),
-    ('call1', 'vllm-warm', 'vLLM alone, warm'),
-    ('call2', 'ours-warm', 'ours, warm'),
-]
+
+
+def runs(results: str) -> dict:
+  """RESULTS_DIR/plot.json: which (folder, step) pairs to draw, labelled:
+  ``timeline``: [[folder, step, label]], ``tokens``: [[folder, step, label,
+  line style]], ``note``: a footnote for the timeline."""
+  with open(os.path.join(results, 'plot.json')) as f:
+    return json.load(f)
 
 
 def read_log(path: str) -> list[tuple[float, str]]:
@@ -96,18 +98,19 @@ def plot_timeline(results: str, out: str) -> str:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(13, 6.5))
   used = {}
-  for row, (folder, step, label) in enumerate(RUNS):
+  chosen = runs(results)
+  rows = chosen['timeline']
+  for row, (folder, step, label) in enumerate(rows):
     for name, start, end in segments(timeline(results, folder, step)):
       used[name] = ax.barh(row, end - start, left=start, color=COLORS[name],
                            edgecolor='white', linewidth=0.5)
-  ax.set_yticks(range(len(RUNS)), [r[2] for r in RUNS])
+  ax.set_yticks(range(len(rows)), [r[2] for r in rows])
   ax.invert_yaxis()
   ax.set_xlabel('seconds since the process was spawned')
   ax.set_title('Start-up per phase on one H200 (vLLM 0.26, ai-dynamo 1.4.2): '
                'until the first result')
   ax.grid(axis='x', alpha=0.3)
-  ax.text(0, len(RUNS) - 0.35, '* stopped at the call\'s time limit after '
-          'graph capture', fontsize=7, va='top')
+  ax.text(0, len(rows) - 0.35, chosen.get('note', ''), fontsize=7, va='top')
   fig.tight_layout(rect=(0, 0.2, 1, 1))
   fig.legend(used.values(), used.keys(), fontsize=8, loc='lower center', ncol=3)
   path = os.path.join(out, 'startup_timeline.png')
@@ -138,12 +141,7 @@ def plot_tokens(results: str, out: str) -> str:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(9, 5))
-  for folder, step, label, style in [
-      ('call1', 'vllm-warm', 'vLLM offline LLM.generate, warm', '-'),
-      ('call2', 'ours-warm', 'ours (use_dynamo=True, DirectRunner), warm', '-'),
-      ('call1', 'vllm-cold', 'vLLM offline, cold (1,024 prompts)', ':'),
-      ('call2', 'ours-cold', 'ours, cold (1,024 prompts)', ':'),
-  ]:
+  for folder, step, label, style in runs(results)['tokens']:
     points = cumulative(results, folder, step)
     if points:
       xs = [0.0] + [p[0] for p in points]
@@ -162,7 +160,7 @@ def plot_tokens(results: str, out: str) -> str:
 
 def table(results: str) -> str:
   rows = [(label, segments(timeline(results, folder, step)))
-          for folder, step, label in RUNS]
+          for folder, step, label in runs(results)['timeline']]
   names = [label for _, label in SEGMENTS]
   lines = ['| phase | ' + ' | '.join(label for label, _ in rows) + ' |',
            '| --- |' + ' ---: |' * len(rows)]

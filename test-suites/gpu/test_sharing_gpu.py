@@ -66,9 +66,10 @@ def run(pipeline_fn):
 
 
 def assert_nothing_left():
-  # Beam's SDK worker may keep a finished stage's DoFns (the handler copies
-  # that hold the lease) in its bundle processor cache and tear them down
-  # only when idle for 60 s, checked every 60 s: so up to ~120 s.
+  # On the H200 the stacks were still up 60 s after the pipeline: Beam
+  # had not yet released the DoFns (the handler copies holding the lease);
+  # its SDK worker tears idle bundle processors down after 60 s idle,
+  # checked every 60 s. How long it took is printed.
   started = time.monotonic()
   left = wait_for_no_leftovers(timeout_s=150)
   print(f'\nstacks gone {time.monotonic() - started:.1f} s after the pipeline')
