@@ -8,6 +8,15 @@ instead of an out-of-memory error a minute later. A stopping stack keeps its
 entry (marked ``stopping``) until its processes are gone; a newcomer whose
 only conflicts are stopping stacks waits for them, bounded.
 
+Start-ups and stops on one GPU take turns. vLLM sizes its KV cache from the
+GPU's free memory during its start-up and fails ("Error in memory
+profiling") when another process frees memory meanwhile: on an H200 a
+second model's engine died while the first model's stack stopped. So a
+stack is ``starting`` from its claim until ready; a newcomer waits while
+another stack on its GPUs is starting or stopping, and a stack about to
+stop waits while another one on its GPUs is starting (both bounded, then
+a WARNING and on).
+
 The ledger is a JSON file in a per-user directory of the temp dir, so every
 SDK process of the machine and user sees it; a lock file (``fcntl.flock``)
 guards it and it is replaced atomically. Entries carry their supervisor's
@@ -33,7 +42,11 @@ _LOGGER = logging.getLogger(__name__)
 VLLM_DEFAULT_SHARE = 0.92
 # How long a newcomer waits for stopping stacks to free its GPUs.
 WAIT_FOR_STOPPING_S = 60.0
+# How long a start or a stop waits for the other stacks on its GPUs to
+# settle (a cold vLLM start takes 2 minutes on an H200, more on a T4).
+SETTLE_WAIT_S = 600.0
 POLL_S = 0.1
+STARTING = 'starting'
 RUNNING = 'running'
 STOPPING = 'stopping'
 _EPSILON = 1e-9
@@ -83,12 +96,15 @@ class Entry:
   share: float
   pid: int
   started: Optional[int] = None
-  state: str = RUNNING
+  state: str = STARTING
 
   def describe(self) -> str:
     return (f'the stack for {self.model!r} (GPUs {list(self.gpus)}, '
             f'gpu-memory-utilization {self.share:g}, supervisor pid '
             f'{self.pid}{", stopping" if self.state == STOPPING else ""})')
+
+  def shares_a_gpu(self, other: 'Entry') -> bool:
+    return bool(set(self.gpus) & set(other.gpus))
 
 
 def default_path() -> str:
@@ -100,9 +116,11 @@ def default_path() -> str:
 class Ledger:
   """The GPU ledger file at ``path``."""
   def __init__(self, path: Optional[str] = None,
-               wait_s: float = WAIT_FOR_STOPPING_S, poll_s: float = POLL_S):
+               wait_s: float = WAIT_FOR_STOPPING_S,
+               settle_s: float = SETTLE_WAIT_S, poll_s: float = POLL_S):
     self.path = path or default_path()
     self.wait_s = wait_s
+    self.settle_s = settle_s
     self.poll_s = poll_s
 
   @contextlib.contextmanager
@@ -148,40 +166,84 @@ class Ledger:
 
   def claim(self, key: str, model: str, gpus: tuple[int, ...], share: float,
             cancelled: Callable[[], bool] = lambda: False) -> None:
-    """Records ``key``'s hold on ``gpus`` at ``share`` for this process.
+    """Records ``key``'s hold on ``gpus`` at ``share`` for this process, as
+    ``starting`` (mark_running() once the stack is ready).
 
-    Raises ComponentFailure at once when a running stack leaves no room;
-    waits up to ``wait_s`` when only stopping stacks are in the way.
+    Raises ComponentFailure at once when a running or starting stack leaves
+    no room; waits up to ``wait_s`` when only stopping stacks are in the
+    way, and up to ``settle_s`` while another stack on these GPUs starts or
+    stops.
     """
     pid = os.getpid()
     entry = Entry(model, tuple(gpus), share, pid, _process_start(pid))
-    deadline = time.monotonic() + self.wait_s
-    waiting = False
+    began = time.monotonic()
+    waiting_for = None
     while True:
       with self._locked() as entries:
         entries.pop(key, None)
         gpu, total, conflicts = _overfull(entry, entries.values())
-        if not conflicts:
-          entries[key] = entry
-          return
-        if (any(c.state == RUNNING for c in conflicts) or
-            time.monotonic() > deadline or cancelled()):
-          raise _no_room(entry, gpu, total, conflicts,
-                         self.wait_s if waiting else None)
-      if not waiting:
-        _LOGGER.info('Waiting for %s to stop before starting on GPU %d.',
-                     ' and '.join(c.describe() for c in conflicts), gpu)
-        waiting = True
+        if conflicts:
+          if (any(c.state != STOPPING for c in conflicts) or
+              time.monotonic() > began + self.wait_s or cancelled()):
+            raise _no_room(entry, gpu, total, conflicts,
+                           self.wait_s if waiting_for else None)
+          busy = conflicts
+        else:
+          busy = [e for e in entries.values()
+                  if e.state != RUNNING and e.shares_a_gpu(entry)]
+          if not busy or self._settled_late(began, busy, 'starting'):
+            entries[key] = entry
+            return
+      if waiting_for is None:
+        _LOGGER.info('Waiting for %s to finish %s before starting on GPUs %s.',
+                     ' and '.join(b.describe() for b in busy),
+                     'stopping' if conflicts else 'starting or stopping',
+                     list(gpus))
+        waiting_for = busy
       self._pause()
+
+  def mark_running(self, key: str) -> None:
+    """The stack is ready: others may start or stop beside it."""
+    self._set_state(key, RUNNING)
+
+  def mark_stopping(self, key: str) -> None:
+    """The stack is stopping: it still holds its GPUs until release().
+    Waits (bounded) while another stack on its GPUs is starting."""
+    began = time.monotonic()
+    logged = False
+    while True:
+      with self._locked() as entries:
+        entry = entries.get(key)
+        if entry is None:
+          return
+        starting = [e for k, e in entries.items()
+                    if k != key and e.state == STARTING and e.shares_a_gpu(entry)]
+        if not starting or self._settled_late(began, starting, 'stopping'):
+          entries[key] = dataclasses.replace(entry, state=STOPPING)
+          return
+      if not logged:
+        _LOGGER.info('Waiting for %s to finish starting before stopping.',
+                     ' and '.join(e.describe() for e in starting))
+        logged = True
+      self._pause()
+
+  def _settled_late(self, began: float, busy: list[Entry], what: str) -> bool:
+    """True (with a WARNING) once ``settle_s`` has passed."""
+    if time.monotonic() - began <= self.settle_s:
+      return False
+    _LOGGER.warning(
+        '%s still starting or stopping after %.0f s; %s anyway (vLLM may '
+        'then misjudge the free GPU memory).',
+        ' and '.join(b.describe() for b in busy), self.settle_s, what)
+    return True
+
+  def _set_state(self, key: str, state: str) -> None:
+    with self._locked() as entries:
+      if key in entries:
+        entries[key] = dataclasses.replace(entries[key], state=state)
 
   def _pause(self) -> None:
     time.sleep(self.poll_s)
-
-  def mark_stopping(self, key: str) -> None:
-    """The stack is stopping: it still holds its GPUs until release()."""
-    with self._locked() as entries:
-      if key in entries:
-        entries[key] = dataclasses.replace(entries[key], state=STOPPING)
 
   def release(self, key: str) -> None:
     """The stack's processes are gone: its GPUs are free."""

@@ -154,7 +154,10 @@ class Stack(abc.ABC):
     self._launch(affected)
 
   def after_first_ready(self) -> None:
-    """Publishes the start cache (compile_cache), once, in the background."""
+    """Lets other stacks start or stop on its GPUs (ledger), and publishes
+    the start cache (compile_cache), once, in the background."""
+    if self._ledger_key is not None:
+      self._ledger.mark_running(self._ledger_key)
     self._files.publish_in_background()
 
   def metrics_urls(self) -> list[str]:

@@ -141,20 +141,25 @@ def slow_to_stop_etcd(tmp_path) -> str:
   return str(script)
 
 
-@pytest.mark.parametrize('same_config', [True, False],
-                         ids=['same-config', 'other-model'])
+@pytest.mark.parametrize('same_config, share', [
+    (True, None), (False, None), (False, '0.4')],
+                         ids=['same-config', 'other-model', 'other-model-fits'])
 def test_a_newcomer_waits_for_a_stopping_stack_to_free_the_gpu(
-    tmp_path, same_config, no_leftovers):
+    tmp_path, same_config, share, no_leftovers):
   """While a stack stops it still holds its GPU: a newcomer, with the same
   config (the supervisor keeps its name until down) or another model on
   the same GPU (the ledger entry is 'stopping'), starts only once it is
-  gone, never beside it."""
+  gone, never beside it; even when both shares fit (vLLM's start-up
+  misjudges the free memory while another process frees some)."""
   first_model, second_model = model_copies(TINY_MODEL_DIR, tmp_path)
   etcd = slow_to_stop_etcd(tmp_path)
-  old_config = mocker_config(
-      first_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10)
+  flags = tuple(FAST_MOCKER.items()) + (
+      (('gpu-memory-utilization', share), ) if share else ())
+  old_config = mocker_config(first_model, gpus=(0, ), etcd_binary=etcd,
+                             shutdown_grace_s=10, engine_args=flags)
   new_config = old_config if same_config else mocker_config(
-      second_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10)
+      second_model, gpus=(0, ), etcd_binary=etcd, shutdown_grace_s=10,
+      engine_args=flags)
   old_holder, new_holder = Holder(), Holder()
   old_lease = registry.acquire(old_config, old_holder)
   old = old_lease.wait_ready(60)

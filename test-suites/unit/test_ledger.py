@@ -15,7 +15,14 @@ from apache_beam_dynamo.serving.machine import Machine
 
 @pytest.fixture
 def book(tmp_path):
-  return Ledger(str(tmp_path / 'gpus.json'), wait_s=0.2, poll_s=0.01)
+  return Ledger(str(tmp_path / 'gpus.json'), wait_s=0.2, settle_s=0.2,
+                poll_s=0.01)
+
+
+def start(book, key, model, gpus, share):
+  """Claims as a stack does, then is ready."""
+  book.claim(key, model, gpus, share)
+  book.mark_running(key)
 
 
 def dead_pid() -> int:
@@ -41,11 +48,11 @@ def test_the_ledger_lives_in_a_per_user_dir_of_the_temp_dir(tmp_path):
 
 
 def test_shares_that_fit_run_side_by_side(book):
-  book.claim('a', 'model-a', (0, ), 0.4)
-  book.claim('b', 'model-b', (0, ), 0.4)
-  book.claim('c', 'model-c', (1, ), 0.92)  # another GPU: no conflict
+  start(book, 'a', 'model-a', (0, ), 0.4)
+  start(book, 'b', 'model-b', (0, ), 0.4)
+  start(book, 'c', 'model-c', (1, ), 0.92)  # another GPU: no conflict
   assert sorted(book.entries()) == ['a', 'b', 'c']
-  book.claim('d', 'model-d', (0, ), 0.2)  # 1.0 exactly still fits
+  start(book, 'd', 'model-d', (0, ), 0.2)  # 1.0 exactly still fits
   assert book.entries()['d'].share == 0.2
 
 
@@ -118,12 +125,71 @@ def test_the_wait_for_a_stopping_stack_is_bounded(book):
 
 def test_a_running_conflict_fails_without_waiting(tmp_path):
   book = StopsWhileWaiting(str(tmp_path / 'gpus.json'), wait_s=60)
-  book.claim('old', 'model-old', (0, ), 0.5)
+  start(book, 'old', 'model-old', (0, ), 0.5)
+  start(book, 'running', 'model-running', (0, ), 0.4)
   book.mark_stopping('old')
-  book.claim('running', 'model-running', (0, ), 0.4)
   with pytest.raises(ComponentFailure, match="'model-running'"):
     book.claim('new', 'model-new', (0, ), 0.5)
   assert book.pauses == 0
+
+
+class Settles(Ledger):
+  """A ledger whose first pause sees the other stack settle: ready, or
+  gone."""
+  pauses = 0
+
+  def __init__(self, path, settle):
+    super().__init__(path, wait_s=60, settle_s=60)
+    self.settle = settle
+
+  def _pause(self):
+    self.pauses += 1
+    self.settle(self)
+
+
+@pytest.mark.parametrize('other_state', [ledger.STARTING, ledger.STOPPING])
+def test_a_start_waits_while_a_stack_that_fits_starts_or_stops(
+    tmp_path, other_state):
+  # vLLM fails its memory profiling when another process frees GPU memory
+  # during its start-up (seen on an H200): start-ups and stops take turns
+  book = Settles(str(tmp_path / 'gpus.json'),
+                 settle=lambda b: b.release('other'))
+  put(book, 'other', share=0.4, state=other_state)
+  book.claim('new', 'model-new', (0, ), 0.4)
+  assert book.pauses == 1
+  assert book.entries()['new'].state == ledger.STARTING
+
+
+def test_a_start_beside_a_running_stack_or_on_another_gpu_does_not_wait(
+    tmp_path):
+  book = Settles(str(tmp_path / 'gpus.json'), settle=lambda b: None)
+  put(book, 'running', share=0.4, state=ledger.RUNNING)
+  put(book, 'elsewhere', gpus=(1, ), state=ledger.STARTING)
+  book.claim('new', 'model-new', (0, ), 0.4)
+  assert book.pauses == 0
+
+
+def test_a_stop_waits_while_another_stack_starts_on_its_gpus(tmp_path):
+  book = Settles(str(tmp_path / 'gpus.json'),
+                 settle=lambda b: b.mark_running('starter'))
+  start(book, 'old', 'model-old', (0, ), 0.4)
+  put(book, 'starter', share=0.4, state=ledger.STARTING)
+  book.mark_stopping('old')
+  assert book.pauses == 1
+  assert book.entries()['old'].state == ledger.STOPPING
+
+
+def test_the_turns_are_bounded_and_say_so(book, caplog):
+  put(book, 'stuck', share=0.4, state=ledger.STARTING)
+  book.claim('new', 'model-new', (0, ), 0.4)  # after settle_s, with a warning
+  start(book, 'old', 'model-old', (1, ), 0.4)
+  put(book, 'stuck-1', gpus=(1, ), share=0.4, state=ledger.STARTING)
+  book.mark_stopping('old')
+  assert book.entries()['old'].state == ledger.STOPPING
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 2
+  assert "'other'" in warnings[0] and 'starting anyway' in warnings[0]
+  assert 'stopping anyway' in warnings[1]
 
 
 def test_memory_share_comes_from_the_flags_then_the_gpu_then_vllm():
