@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start-up timeline and throughput: vLLM's offline engine against ours.
+"""Start-up timeline and throughput: vLLM's offline engine, ours, apache-beam 2.77.
 
     python bench/startup_compare.py --model MODEL_DIR --out DIR \
         [--steps vllm-cold,vllm-warm,ours-cold,ours-warm] [--budget_s 560]
@@ -14,6 +14,9 @@ Same prompts for every step (``--prompts`` of ~128 tokens, ``max_tokens``
   ours-*   ``VLLMCompletionsModelHandler(model, use_dynamo=True)`` with
            default settings in a DirectRunner pipeline, in a fresh process
            (which starts etcd, dynamo.frontend and dynamo.vllm)
+  beam-*   apache-beam 2.77's ``VLLMCompletionsModelHandler(model,
+           use_dynamo=True)``, default settings, the same pipeline (the
+           server it leaves running is killed after the step)
 
 ``*-cold`` first empties vLLM's, Inductor's and Triton's caches (all
 pointed under ``--cache_root``); ``*-warm`` reuses what the step before
@@ -207,7 +210,25 @@ def _poll_stack(model_name: str, stop: threading.Event) -> None:
     time.sleep(0.05)
 
 
-def child_ours(args, prompts) -> dict:
+def beam277_handler(args):
+  """apache-beam 2.77's own handler, default settings (on the CPU mocker
+  through bench/beam277.py, which needs DYN_SYSTEM_PORT for an offline
+  model)."""
+  if args.mocker:
+    sys.path.insert(0, HERE)
+    os.environ.setdefault('DYN_SYSTEM_PORT', '29123')
+    import beam277  # noqa: F401  (swaps dynamo.vllm for the mocker)
+    flags = {'speedup-ratio': '0'}
+  else:
+    flags = {'gpu-memory-utilization': str(args.gpu_memory_utilization)}
+  from apache_beam.ml.inference.vllm_inference import (
+      VLLMCompletionsModelHandler as Beam277)
+  return Beam277(args.model, flags, use_dynamo=True)
+
+
+def child_pipeline(args, prompts) -> dict:
+  """ours (this package) or beam (apache-beam 2.77) in a DirectRunner
+  pipeline."""
   import logging
   logging.basicConfig(
       level=logging.INFO, stream=sys.stderr,
@@ -226,7 +247,16 @@ def child_ours(args, prompts) -> dict:
   stop = threading.Event()
   threading.Thread(target=_poll_stack, args=(served, stop), daemon=True).start()
 
-  if args.mocker:  # a CPU dry run of this script
+  inference_args = {'max_tokens': args.max_tokens, 'temperature': 0.0,
+                    'ignore_eos': True}
+  options = {}
+  if args.child == 'beam':
+    handler = beam277_handler(args)
+    # 2.77 hands the arguments to the openai SDK as they are
+    inference_args['extra_body'] = {'ignore_eos': inference_args.pop('ignore_eos')}
+    # one id, or 2.77 starts a server per pipeline
+    options['model_identifier'] = 'startup-compare-beam'
+  elif args.mocker:  # a CPU dry run of this script
     handler = VLLMCompletionsModelHandler(
         args.model, {'speedup-ratio': '0'}, use_dynamo=True, engine='mocker',
         keep_alive_s=600, compile_cache=args.compile_cache)
@@ -238,7 +268,8 @@ def child_ours(args, prompts) -> dict:
         args.model, flags, use_dynamo=True, keep_alive_s=600,
         startup_timeout_s=900, compile_cache=args.compile_cache,
         max_concurrent_requests=int(in_flight) if in_flight else None)
-  original = VLLMCompletionsModelHandler.load_model
+  handler_class = type(handler)
+  original = handler_class.load_model
 
   def load_model(self):
     mark('load_model_called')
@@ -247,13 +278,11 @@ def child_ours(args, prompts) -> dict:
     finally:
       mark('load_model_returned')
 
-  VLLMCompletionsModelHandler.load_model = load_model
+  handler_class.load_model = load_model
   pipeline = beam.Pipeline()
   _ = (pipeline | beam.Create(prompts)
        | beam.Map(startup_marks.mark_start)
-       | RunInference(handler, inference_args={
-           'max_tokens': args.max_tokens, 'temperature': 0.0,
-           'ignore_eos': True})
+       | RunInference(handler, inference_args=inference_args, **options)
        | beam.Map(startup_marks.record))
   began = time.monotonic()
   mark('pipeline_run')
@@ -278,6 +307,10 @@ def child_ours(args, prompts) -> dict:
           max(max(times) - min(times), 1e-9)),
       'results_t': sorted(results),
   }
+  if args.child == 'beam':  # 2.77 leaves its server running
+    sys.path.insert(0, HERE)
+    import timing  # pylint: disable=import-outside-toplevel
+    report['processes_left_behind'] = timing.reap_children()
   if args.after:
     stack = handler.load_model()  # a lease on the same, still running stack
     state = stack.wait_ready()
@@ -434,7 +467,7 @@ def kill_gpu_holders() -> list[int]:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--child', choices=('vllm', 'ours'))
+  parser.add_argument('--child', choices=('vllm', 'ours', 'beam'))
   parser.add_argument('--model', required=True)
   parser.add_argument('--out', default=os.environ.get('OUT', '/tmp/out'))
   parser.add_argument('--steps', default='vllm-cold,vllm-warm,ours-cold,ours-warm')
@@ -476,7 +509,7 @@ def main(argv=None) -> None:
       prompts = json.load(f)
     if args.prompts_limit:
       prompts = prompts[:args.prompts_limit]
-    run = child_vllm if args.child == 'vllm' else child_ours
+    run = child_vllm if args.child == 'vllm' else child_pipeline
     numbers = run(args, prompts)
     numbers['prompts'] = len(prompts)
     sys.stdout.flush()
