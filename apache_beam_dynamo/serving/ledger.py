@@ -10,8 +10,8 @@ only conflicts are stopping stacks waits for them, bounded.
 
 Start-ups and stops on one GPU take turns. vLLM sizes its KV cache from the
 GPU's free memory during its start-up and fails ("Error in memory
-profiling") when another process frees memory meanwhile: on an H200 a
-second model's engine died while the first model's stack stopped. So a
+profiling") when another process frees memory meanwhile, and counts
+what another process allocates meanwhile as its own. So a
 stack is ``starting`` from its claim until ready; a newcomer waits while
 another stack on its GPUs is starting or stopping, and a stack about to
 stop waits while another one on its GPUs is starting (both bounded, then

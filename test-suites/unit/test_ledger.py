@@ -151,7 +151,7 @@ class Settles(Ledger):
 def test_a_start_waits_while_a_stack_that_fits_starts_or_stops(
     tmp_path, other_state):
   # vLLM fails its memory profiling when another process frees GPU memory
-  # during its start-up (seen on an H200): start-ups and stops take turns
+  # during its start-up: start-ups and stops take turns
   book = Settles(str(tmp_path / 'gpus.json'),
                  settle=lambda b: b.release('other'))
   put(book, 'other', share=0.4, state=other_state)
