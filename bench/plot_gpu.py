@@ -70,7 +70,7 @@ def read_log(path: str) -> list[tuple[float, str]]:
 
 
 def timeline(results: str, folder: str, step: str) -> dict:
-  path = os.path.join(results, folder, f'{step}.log')
+  path = os.path.join(results, folder, startup_compare.log_name(step))
   if not os.path.exists(path):
     return {}
   phases = startup_compare.phases(read_log(path))

@@ -256,18 +256,22 @@ def child_pipeline(args, prompts) -> dict:
     inference_args['extra_body'] = {'ignore_eos': inference_args.pop('ignore_eos')}
     # one id, or 2.77 starts a server per pipeline
     options['model_identifier'] = 'startup-compare-beam'
-  elif args.mocker:  # a CPU dry run of this script
-    handler = VLLMCompletionsModelHandler(
-        args.model, {'speedup-ratio': '0'}, use_dynamo=True, engine='mocker',
-        keep_alive_s=600, compile_cache=args.compile_cache)
   else:
-    flags = {'gpu-memory-utilization': str(args.gpu_memory_utilization)}
-    flags.update(json.loads(args.engine_flags))
-    in_flight = flags.pop('inflight', None)  # the client's, not an engine flag
+    flags = json.loads(args.engine_flags)
+    # the handler's own options, not engine flags
+    handler_options = {name: int(flags.pop(key)) for key, name in (
+        ('inflight', 'max_concurrent_requests'), ('min_batch', 'min_batch_size'),
+        ('max_batch', 'max_batch_size')) if key in flags}
+    if args.mocker:  # a CPU dry run of this script
+      flags = {'speedup-ratio': '0'}
+      handler_options['engine'] = 'mocker'
+    else:
+      flags = {'gpu-memory-utilization': str(args.gpu_memory_utilization),
+               **flags}
     handler = VLLMCompletionsModelHandler(
         args.model, flags, use_dynamo=True, keep_alive_s=600,
         startup_timeout_s=900, compile_cache=args.compile_cache,
-        max_concurrent_requests=int(in_flight) if in_flight else None)
+        **handler_options)
   handler_class = type(handler)
   original = handler_class.load_model
 
@@ -335,6 +339,12 @@ def wipe_caches(cache_root: str) -> list[str]:
       wiped.append(path)
   os.makedirs(cache_root, exist_ok=True)
   return wiped
+
+
+def log_name(step: str) -> str:
+  """The step's log file: no '+' (the device tool does not bring such names
+  back)."""
+  return step.replace('+', '_') + '.log'
 
 
 def step_mode(step: str) -> str:
@@ -495,8 +505,9 @@ def main(argv=None) -> None:
   parser.add_argument(
       '--variant', action='append', default=[],
       help='NAME=FLAG:VALUE[,FLAG:VALUE]: engine flags of a step named '
-      'ours-MODE+NAME, e.g. seqs512=max-num-seqs:512; inflight:N sets the '
-      "handler's max_concurrent_requests")
+      'ours-MODE+NAME, e.g. seqs512=max-num-seqs:512; inflight:N, min_batch:N and '
+      "max_batch:N set the handler's max_concurrent_requests, "
+      'min_batch_size and max_batch_size')
   parser.add_argument('--engine_flags', default='{}', help=argparse.SUPPRESS)
   parser.add_argument('--mocker', action='store_true',
                       help='ours on the CPU mocker (a dry run of this script)')
@@ -558,7 +569,7 @@ def main(argv=None) -> None:
     while gpu_in_use() and time.monotonic() < deadline:
       time.sleep(0.5)
     kill_gpu_holders()
-    numbers = run_child(step, args, os.path.join(args.out, f'{step}.log'),
+    numbers = run_child(step, args, os.path.join(args.out, log_name(step)),
                         timeout_s=max(left - 5, 30))
     numbers['wiped'] = wiped
     numbers['gpu_after'] = gpu_in_use()
