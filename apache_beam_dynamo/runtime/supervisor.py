@@ -121,7 +121,7 @@ class Supervisor:
           max_num_seqs=self._stack.max_num_seqs,
           pids=self._stack.pids(),
           generation=1)
-      self._stack.after_first_ready()
+      self._stack.after_ready()
       next_sample = time.monotonic()
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)
@@ -238,6 +238,7 @@ class Supervisor:
         if self._cancelled():
           raise _Cancelled() from again
         failure = again
+    self._stack.after_ready()
     recovery_s = round(time.monotonic() - detected, 2)
     self._publish(
         phase=protocol.READY,

@@ -12,10 +12,10 @@ Start-ups and stops on one GPU take turns. vLLM sizes its KV cache from the
 GPU's free memory during its start-up and fails ("Error in memory
 profiling") when another process frees memory meanwhile, and counts
 what another process allocates meanwhile as its own. So a
-stack is ``starting`` from its claim until ready; a newcomer waits while
-another stack on its GPUs is starting or stopping, and a stack about to
-stop waits while another one on its GPUs is starting (both bounded, then
-a WARNING and on).
+stack is ``starting`` from its claim until ready, and again while its
+engines restart; a newcomer or a restart waits while another stack on its
+GPUs is starting or stopping, and a stack about to stop waits while
+another one on its GPUs is starting (all bounded, then a WARNING and on).
 
 The ledger is a JSON file in a per-user directory of the temp dir, so every
 SDK process of the machine and user sees it; a lock file (``fcntl.flock``)
@@ -204,11 +204,22 @@ class Ledger:
 
   def mark_running(self, key: str) -> None:
     """The stack is ready: others may start or stop beside it."""
-    self._set_state(key, RUNNING)
+    self._take_turn(key, RUNNING, (), 'running')
+
+  def mark_restarting(self, key: str) -> None:
+    """The stack's engines start again: waits (bounded) while another stack
+    on its GPUs starts or stops, then counts as starting."""
+    self._take_turn(key, STARTING, (STARTING, STOPPING), 'restarting')
 
   def mark_stopping(self, key: str) -> None:
     """The stack is stopping: it still holds its GPUs until release().
     Waits (bounded) while another stack on its GPUs is starting."""
+    self._take_turn(key, STOPPING, (STARTING, ), 'stopping')
+
+  def _take_turn(self, key: str, state: str, wait_while: tuple[str, ...],
+                 what: str) -> None:
+    """Sets ``key``'s state once no other stack on its GPUs is in one of
+    ``wait_while`` (or settle_s has passed)."""
     began = time.monotonic()
     logged = False
     while True:
@@ -216,14 +227,14 @@ class Ledger:
         entry = entries.get(key)
         if entry is None:
           return
-        starting = [e for k, e in entries.items()
-                    if k != key and e.state == STARTING and e.shares_a_gpu(entry)]
-        if not starting or self._settled_late(began, starting, 'stopping'):
-          entries[key] = dataclasses.replace(entry, state=STOPPING)
+        busy = [e for k, e in entries.items() if k != key and
+                e.state in wait_while and e.shares_a_gpu(entry)]
+        if not busy or self._settled_late(began, busy, what):
+          entries[key] = dataclasses.replace(entry, state=state)
           return
       if not logged:
-        _LOGGER.info('Waiting for %s to finish starting before stopping.',
-                     ' and '.join(e.describe() for e in starting))
+        _LOGGER.info('Waiting for %s to settle before %s.',
+                     ' and '.join(e.describe() for e in busy), what)
         logged = True
       self._pause()
 
@@ -236,11 +247,6 @@ class Ledger:
         'then misjudge the free GPU memory).',
         ' and '.join(b.describe() for b in busy), self.settle_s, what)
     return True
-
-  def _set_state(self, key: str, state: str) -> None:
-    with self._locked() as entries:
-      if key in entries:
-        entries[key] = dataclasses.replace(entries[key], state=state)
 
   def _pause(self) -> None:
     time.sleep(self.poll_s)

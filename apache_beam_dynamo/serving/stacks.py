@@ -146,6 +146,9 @@ class Stack(abc.ABC):
         self._components[index]
     ]
     self._stop(reversed(affected))
+    if self._ledger_key is not None and any(
+        c.is_engine or c.name == 'vllm-server' for c in affected):
+      self._ledger.mark_restarting(self._ledger_key)  # they measure the GPU
     if not all(ports.is_free(p) for c in affected for p in c.ports()):
       _LOGGER.warning('A port of the stack was taken; moving it to new ports.')
       self._stop(reversed(self._components))
@@ -153,9 +156,10 @@ class Stack(abc.ABC):
       affected = self._components
     self._launch(affected)
 
-  def after_first_ready(self) -> None:
-    """Lets other stacks start or stop on its GPUs (ledger), and publishes
-    the start cache (compile_cache), once, in the background."""
+  def after_ready(self) -> None:
+    """After each start or recovery: lets other stacks start or stop on its
+    GPUs (ledger), and publishes the start cache (compile_cache), once, in
+    the background."""
     if self._ledger_key is not None:
       self._ledger.mark_running(self._ledger_key)
     self._files.publish_in_background()

@@ -179,6 +179,19 @@ def test_a_stop_waits_while_another_stack_starts_on_its_gpus(tmp_path):
   assert book.entries()['old'].state == ledger.STOPPING
 
 
+def test_a_restart_waits_while_another_stack_starts_then_counts_as_starting(
+    tmp_path):
+  book = Settles(str(tmp_path / 'gpus.json'),
+                 settle=lambda b: b.mark_running('starter'))
+  start(book, 'old', 'model-old', (0, ), 0.4)
+  put(book, 'starter', share=0.4, state=ledger.STARTING)
+  book.mark_restarting('old')
+  assert book.pauses == 1
+  assert book.entries()['old'].state == ledger.STARTING
+  book.mark_running('old')
+  assert book.entries()['old'].state == ledger.RUNNING
+
+
 def test_the_turns_are_bounded_and_say_so(book, caplog):
   put(book, 'stuck', share=0.4, state=ledger.STARTING)
   book.claim('new', 'model-new', (0, ), 0.4)  # after settle_s, with a warning
