@@ -11,6 +11,7 @@ GPU_SUITE_ENGINE=mocker dry-runs the same checks on the CPU (the mocker
 declares gpus=[0] for the ledger).
 """
 
+import json
 import os
 import subprocess
 import time
@@ -35,7 +36,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def flags(**extra):
+  """Engine flags: the mocker's speed, GPU_SUITE_ENGINE_KWARGS (e.g.
+  '{"enforce-eager": null}'), then the test's own (memory shares)."""
   chosen = {} if ENGINE == 'vllm' else {'speedup-ratio': '0'}
+  chosen.update(json.loads(os.environ.get('GPU_SUITE_ENGINE_KWARGS', '{}')))
   chosen.update(extra)
   return chosen
 
