@@ -151,16 +151,30 @@ class LeaseServer:
       self._closing = True
     self.supervisor.stop(grace_s)
     with self._lock:
+      self._down = True  # from now on _serve_lease answers 'stopped' itself
+      waiting, self._waiting = self._waiting, []
+      # Connections still in the listen backlog (the accepting thread may
+      # not have run yet) would be reset by the close: answer them too.
+      waiting += self._accept_backlog()
       try:  # wakes the accepting thread, which holds the socket bound
         self._listener.shutdown(socket.SHUT_RDWR)
       except OSError:
         pass
       self._listener.close()
-      self._down = True
-      waiting, self._waiting = self._waiting, []
     for lease in waiting:
       lease.send(protocol.state_message(StackState(protocol.STOPPED)))
       lease.conn.close()
+
+  def _accept_backlog(self) -> list[_Lease]:
+    pending = []
+    self._listener.setblocking(False)
+    while True:
+      try:
+        conn, _ = self._listener.accept()
+      except OSError:  # BlockingIOError: the backlog is empty
+        return pending
+      conn.setblocking(True)
+      pending.append(_Lease(conn))
 
   def wait_until_unused(self, first_lease_timeout_s: float) -> None:
     """Returns once every lease is gone (or none came in time)."""

@@ -113,6 +113,7 @@ class Supervisor:
   def _run(self) -> None:
     try:
       self._start_stack()
+      self._stack.after_ready()  # the ledger says running before leases hear
       self._publish(
           phase=protocol.READY,
           base_url=self._stack.base_url,
@@ -121,7 +122,6 @@ class Supervisor:
           max_num_seqs=self._stack.max_num_seqs,
           pids=self._stack.pids(),
           generation=1)
-      self._stack.after_ready()
       next_sample = time.monotonic()
       while not self._stopping.is_set():
         self._wake.wait(self._config.liveness_interval_s)

@@ -226,6 +226,21 @@ def test_a_lease_warns_once_per_policy_the_stack_does_not_use(caplog):
   assert lease.in_force('startup_timeout_s') == 60
 
 
+def test_a_connection_still_in_the_backlog_hears_stopped_not_a_reset():
+  """shut_down answers connections the accepting thread never took (on a
+  busy machine it may not run before the listener closes)."""
+  address = f'\0abd-test-{uuid.uuid4().hex}'
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(address)
+  listener.listen(8)
+  server = LeaseServer(listener)
+  server.supervisor = FakeSupervisor()  # serve() not called: nobody accepts
+  newcomer = Client(address)
+  server.shut_down()
+  assert newcomer.next()['phase'] == protocol.STOPPED
+  newcomer.close()
+
+
 def test_a_newcomer_while_the_stack_stops_waits_until_it_is_down(lease_server):
   """The listener stays bound until the stack is down: no second supervisor
   (and engine) can start while the GPU is still held."""
