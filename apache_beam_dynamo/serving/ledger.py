@@ -10,9 +10,8 @@ only conflicts are stopping stacks waits for them, bounded.
 
 Start-ups and stops on one GPU take turns. vLLM sizes its KV cache from the
 GPU's free memory during its start-up and fails ("Error in memory
-profiling") when another process frees memory meanwhile, and counts
-what another process allocates meanwhile as its own. So a
-stack is ``starting`` from its claim until ready, and again while its
+profiling") when another process frees memory meanwhile; what another
+process allocates meanwhile it may count as its own. So a stack is ``starting`` from its claim until ready, and again while its
 engines restart; a newcomer or a restart waits while another stack on its
 GPUs is starting or stopping, and a stack about to stop waits while
 another one on its GPUs is starting (all bounded, then a WARNING and on).
