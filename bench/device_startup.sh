@@ -6,10 +6,10 @@
 #   bash bench/device_startup.sh - [STEPS]             # machine still warm: no install
 #
 # STAGE_DIR is the last ../shared/gpu chunk folder (.gpu-stage-N, the others
-# staged by earlier calls). This script's folder must hold startup_compare.py,
-# startup_marks.py and http_clients.py; the package comes from its wheel in
-# the payload (/tmp/dyn/site), or from PKG_DIR when set, never from the
-# working tree (run it from another directory: python -m puts the current
+# staged by earlier calls). It sources ../test-suites/gpu/device_env.sh
+# (the environment and model, as test-suites/gpu/device.sh does). The
+# package comes from its wheel in the payload (/tmp/dyn/site), or from
+# PKG_DIR when set, never from the working tree (run it from another directory: python -m puts the current
 # directory first on sys.path). Results in $OUT:
 # setup.log, startup.json, <step>.log, http_clients.json.
 set -uo pipefail
@@ -25,18 +25,8 @@ if [ "$STAGE" != - ]; then
     { tail -40 "$OUT/setup.log"; exit 1; }
   log installed
 fi
-DYN_HOME=/tmp/dyn
 # PKG_DIR: a copy of the package that wins over the wheel
-export PYTHONPATH="${PKG_DIR:+$PKG_DIR:}$DYN_HOME/site" PATH="$DYN_HOME/bin:$PATH" PYTHONUNBUFFERED=1
-export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export HF_HOME="$DYN_HOME/hf" VLLM_USE_FLASHINFER_SAMPLER=0
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-MODEL="$DYN_HOME/model"
-if [ ! -f "$MODEL/config.json" ]; then
-  bash "$DYN_HOME/scripts/device_run.sh" model >> "$OUT/setup.log" 2>&1 ||
-    { tail -40 "$OUT/setup.log"; exit 1; }
-  log "model built"
-fi
+PACKAGE_PATH="${PKG_DIR:-}" . "$HERE/../test-suites/gpu/device_env.sh"
 [ -n "${SKIP_VERSIONS:-}" ] || python3 -c "import apache_beam_dynamo, vllm, dynamo, apache_beam; print('versions', vllm.__version__, apache_beam.__version__, apache_beam_dynamo.__file__)" >> "$OUT/setup.log" 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$OUT/setup.log"
 LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))

@@ -10,18 +10,7 @@
 # Builds the random-weight Qwen3-0.6B-shaped model first if needed. Logs and
 # JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
-DYN_HOME=${DYN_HOME:-/tmp/dyn}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD:$DYN_HOME/site" PATH="$DYN_HOME/bin:$PATH" PYTHONUNBUFFERED=1
-export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export HF_HOME="$DYN_HOME/hf" VLLM_USE_FLASHINFER_SAMPLER=0
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-MODEL="$DYN_HOME/model"
-if [ ! -f "$MODEL/config.json" ]; then
-  bash "$DYN_HOME/scripts/device_run.sh" model > "$OUT/model.log" 2>&1 || {
-    cat "$OUT/model.log"; exit 1; }
-fi
+PACKAGE_PATH="$PWD" . "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader
 step=$1; shift
 case "$step" in
