@@ -96,6 +96,8 @@ class Entry:
   pid: int
   started: Optional[int] = None
   state: str = STARTING
+  # How many times its engines started: 1, plus one per restart.
+  starts: int = 1
 
   def describe(self) -> str:
     return (f'the stack for {self.model!r} (GPUs {list(self.gpus)}, '
@@ -176,7 +178,7 @@ class Ledger:
     pid = os.getpid()
     entry = Entry(model, tuple(gpus), share, pid, _process_start(pid))
     began = time.monotonic()
-    waiting_for = None
+    waited = False
     while True:
       with self._locked() as entries:
         entries.pop(key, None)
@@ -185,7 +187,7 @@ class Ledger:
           if (any(c.state != STOPPING for c in conflicts) or
               time.monotonic() > began + self.wait_s or cancelled()):
             raise _no_room(entry, gpu, total, conflicts,
-                           self.wait_s if waiting_for else None)
+                           self.wait_s if waited else None)
           busy = conflicts
         else:
           busy = [e for e in entries.values()
@@ -193,12 +195,12 @@ class Ledger:
           if not busy or self._settled_late(began, busy, 'starting'):
             entries[key] = entry
             return
-      if waiting_for is None:
+      if not waited:
         _LOGGER.info('Waiting for %s to finish %s before starting on GPUs %s.',
                      ' and '.join(b.describe() for b in busy),
                      'stopping' if conflicts else 'starting or stopping',
                      list(gpus))
-        waiting_for = busy
+        waited = True
       self._pause()
 
   def mark_running(self, key: str) -> None:
@@ -229,7 +231,9 @@ class Ledger:
         busy = [e for k, e in entries.items() if k != key and
                 e.state in wait_while and e.shares_a_gpu(entry)]
         if not busy or self._settled_late(began, busy, what):
-          entries[key] = dataclasses.replace(entry, state=state)
+          entries[key] = dataclasses.replace(
+              entry, state=state,
+              starts=entry.starts + (state == STARTING))
           return
       if not logged:
         _LOGGER.info('Waiting for %s to settle before %s.',

@@ -169,27 +169,28 @@ def test_a_start_beside_a_running_stack_or_on_another_gpu_does_not_wait(
   assert book.pauses == 0
 
 
-def test_a_stop_waits_while_another_stack_starts_on_its_gpus(tmp_path):
+@pytest.mark.parametrize('turn, state, starts', [
+    ('mark_stopping', ledger.STOPPING, 1),
+    ('mark_restarting', ledger.STARTING, 2),
+])
+def test_a_stop_or_restart_waits_while_another_stack_starts_on_its_gpus(
+    tmp_path, turn, state, starts):
   book = Settles(str(tmp_path / 'gpus.json'),
                  settle=lambda b: b.mark_running('starter'))
   start(book, 'old', 'model-old', (0, ), 0.4)
   put(book, 'starter', share=0.4, state=ledger.STARTING)
-  book.mark_stopping('old')
+  getattr(book, turn)('old')
   assert book.pauses == 1
-  assert book.entries()['old'].state == ledger.STOPPING
+  assert (book.entries()['old'].state, book.entries()['old'].starts) == (
+      state, starts)
 
 
-def test_a_restart_waits_while_another_stack_starts_then_counts_as_starting(
-    tmp_path):
-  book = Settles(str(tmp_path / 'gpus.json'),
-                 settle=lambda b: b.mark_running('starter'))
+def test_a_restarted_stack_is_running_again_once_ready(book):
   start(book, 'old', 'model-old', (0, ), 0.4)
-  put(book, 'starter', share=0.4, state=ledger.STARTING)
   book.mark_restarting('old')
-  assert book.pauses == 1
-  assert book.entries()['old'].state == ledger.STARTING
   book.mark_running('old')
-  assert book.entries()['old'].state == ledger.RUNNING
+  assert (book.entries()['old'].state, book.entries()['old'].starts) == (
+      ledger.RUNNING, 2)
 
 
 def test_the_turns_are_bounded_and_say_so(book, caplog):
