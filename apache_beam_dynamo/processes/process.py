@@ -129,16 +129,14 @@ class ManagedProcess:
 
   def failure(self, reason: str, remedy: str = '') -> ComponentFailure:
     tail = self.tail()
-    # the first error's lines, unless the tail shows them already
-    first_error = [] if self._first_error[:1] == tail[:1] or (
-        self._first_error and self._first_error[-1] in tail) else (
-            self._first_error)
+    # the first error's lines, unless the tail still shows where it began
+    shown = not self._first_error or self._first_error[0] in tail
     return ComponentFailure(
         self.component,
         reason,
         exit_code=self.exit_code(),
         log_tail=tail,
-        first_error=first_error,
+        first_error=() if shown else self._first_error,
         remedy=remedy)
 
   def stop(self, grace_s: float) -> Optional[int]:

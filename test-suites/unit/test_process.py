@@ -32,6 +32,13 @@ def _launch(code, component='engine'):
   return Launch.of(component, [sys.executable, '-c', code], dict(os.environ))
 
 
+def _exited(code, sink=lambda *_: None, **options) -> ManagedProcess:
+  """A child running ``code``, once it has exited."""
+  process = ManagedProcess(_launch(code), sink, **options)
+  wait_until(lambda: not process.alive(), 10, 'the child to exit')
+  return process
+
+
 def _collect():
   lines = []
   return lines, lambda component, level, line: lines.append(
@@ -63,11 +70,9 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored():
 
 def test_output_is_forwarded_with_levels_and_kept_as_tail():
   lines, sink = _collect()
-  process = ManagedProcess(
-      _launch('import sys; [print("line", i) for i in range(100)];'
-              'print("ERROR boom", file=sys.stderr); sys.exit(3)'), sink,
-      tail_lines=10)
-  wait_until(lambda: not process.alive(), 10, 'the child to exit')
+  process = _exited(
+      'import sys; [print("line", i) for i in range(100)];'
+      'print("ERROR boom", file=sys.stderr); sys.exit(3)', sink, tail_lines=10)
   failure = process.failure('exited unexpectedly')
   assert failure.exit_code == 3
   assert failure.log_tail[-1] == 'ERROR boom'
@@ -79,15 +84,13 @@ def test_output_is_forwarded_with_levels_and_kept_as_tail():
 def test_failure_keeps_the_first_error_the_tail_lost():
   # like vLLM: EngineCore's traceback (the root cause), then the engine's
   # own long traceback that fills the tail
-  process = ManagedProcess(
-      _launch('import sys; print("INFO starting");'
-              'print("ERROR EngineCore failed to start.", file=sys.stderr);'
-              'print("ValueError: Free memory on device", file=sys.stderr);'
-              '[print("  File x, line", i) for i in range(100)];'
-              'print("RuntimeError: Engine core initialization failed");'
-              'sys.exit(1)'), lambda *_: None, tail_lines=10,
-      first_error_lines=3)
-  wait_until(lambda: not process.alive(), 10, 'the child to exit')
+  process = _exited(
+      'import sys; print("INFO starting");'
+      'print("ERROR EngineCore failed to start.", file=sys.stderr);'
+      'print("ValueError: Free memory on device", file=sys.stderr);'
+      '[print("  File x, line", i) for i in range(100)];'
+      'print("RuntimeError: Engine core initialization failed");'
+      'sys.exit(1)', tail_lines=10, first_error_lines=3)
   failure = process.failure('exited during startup')
   assert failure.first_error == (
       'ERROR EngineCore failed to start.',
@@ -99,11 +102,9 @@ def test_failure_keeps_the_first_error_the_tail_lost():
 
 
 def test_no_first_error_block_when_the_tail_shows_it():
-  process = ManagedProcess(
-      _launch('import sys; print("ERROR boom"); print("after"); sys.exit(1)'),
-      lambda *_: None)
-  wait_until(lambda: not process.alive(), 10, 'the child to exit')
-  failure = process.failure('exited')
+  failure = _exited(
+      'import sys; print("ERROR boom"); print("after"); sys.exit(1)').failure(
+          'exited')
   assert failure.first_error == ()
   assert str(failure).count('ERROR boom') == 1
 
