@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Pictures and tables from bench/startup_compare.py's results.
 
-    python bench/plot_gpu.py RESULTS_DIR [--out DIR] [--table]
+    python bench/plot_gpu.py RESULTS_DIR [--out DIR] [--table | --ratios]
 
 RESULTS_DIR holds one folder per device call (``startup.json`` and the
-stamped ``<step>.log`` files) and ``plot.json`` (which runs to draw). Each step's timeline is re-read from its
+stamped ``<step>.log`` files, gzipped or not) and ``plot.json`` (which runs to draw). Each step's timeline is re-read from its
 log with startup_compare.phases(), so milestones added later apply to old
 runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
 vLLM alone, cold and warm) and ``cumulative_tokens.png`` (output tokens
 over time since the process was spawned); ``--table`` prints the phase
-table (markdown) for docs/gpu.md. Needs matplotlib (not a dependency of
+table (markdown) for docs/gpu.md, ``--ratios`` issue 12's numbers and
+their ratios to the offline engine. Needs matplotlib (not a dependency of
 the package: use a separate virtual environment).
 """
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -59,7 +61,8 @@ def runs(results: str) -> dict:
 
 def read_log(path: str) -> list[tuple[float, str]]:
   lines = []
-  with open(path, errors='replace') as f:
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rt', errors='replace') as f:
     for raw in f:
       head, _, rest = raw.rstrip('\n').lstrip().partition(' ')
       try:
@@ -70,10 +73,14 @@ def read_log(path: str) -> list[tuple[float, str]]:
 
 
 def timeline(results: str, folder: str, step: str) -> dict:
+  """The step's phases, from its stamped log (gzipped or not) or, where
+  the log did not come back from the device, from startup.json."""
   path = os.path.join(results, folder, startup_compare.log_name(step))
-  if not os.path.exists(path):
-    return {}
-  phases = startup_compare.phases(read_log(path))
+  logs = [p for p in (path, path + '.gz') if os.path.exists(p)]
+  if logs:
+    phases = startup_compare.phases(read_log(logs[0]))
+  else:
+    phases = step_numbers(results, folder, step).get('phases', {})
   points = cumulative(results, folder, step)
   if step.startswith('vllm') and points:
     # runs before 2026-12-01 15:00 marked the first "request" from the
@@ -118,9 +125,13 @@ def plot_timeline(results: str, out: str) -> str:
   return path
 
 
-def cumulative(results: str, folder: str, step: str) -> list[tuple[float, int]]:
+def step_numbers(results: str, folder: str, step: str) -> dict:
   with open(os.path.join(results, folder, 'startup.json')) as f:
-    numbers = json.load(f)['steps'].get(step, {})
+    return json.load(f)['steps'].get(step, {})
+
+
+def cumulative(results: str, folder: str, step: str) -> list[tuple[float, int]]:
+  numbers = step_numbers(results, folder, step)
   points = []
   if 'finished' in numbers:
     # the offline engine's progress bar: one update per finished request
@@ -176,14 +187,44 @@ def table(results: str) -> str:
   return '\n'.join(lines)
 
 
+def ratios(results: str, reference: str = 'vllm-warm') -> str:
+  """Issue 12's numbers for every run in plot.json's ``tokens`` list, and
+  their ratios to the offline engine's (``reference``): first result since
+  spawn against ``LLM()`` ready, steady tok/s (``generate`` for vLLM; first
+  to last result for a pipeline, whose first batch is start-up) and job
+  wall (spawn to exit)."""
+  rows = runs(results)['tokens']
+  ref_folder = next(folder for folder, step, *_ in rows if step == reference)
+  ref = step_numbers(results, ref_folder, reference)
+  ref_ready = timeline(results, ref_folder, reference)['engine client ready']
+  lines = [f'| run | first result (s) | / `LLM()` ready ({ref_ready:.1f} s) '
+           f'| steady tok/s | / `generate` ({ref["tokens_per_s"]:,.0f}) '
+           f'| job wall (s) | / {ref["process_wall_s"]:.1f} s |',
+           '| --- |' + ' ---: |' * 6]
+  for folder, step, label, _ in rows:
+    numbers = step_numbers(results, folder, step)
+    points = cumulative(results, folder, step)
+    if not points or numbers.get('prompts') != ref.get('prompts'):
+      continue
+    steady = numbers.get('tokens_per_s_after_first_result',
+                         numbers.get('tokens_per_s'))
+    first, wall = points[0][0], numbers['process_wall_s']
+    lines.append(
+        f'| {label} | {first:.1f} | {first / ref_ready:.2f}x | {steady:,.0f} | '
+        f'{steady / ref["tokens_per_s"]:.2f}x | {wall:.1f} | '
+        f'{wall / ref["process_wall_s"]:.2f}x |')
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('results')
   parser.add_argument('--out', default=None)
   parser.add_argument('--table', action='store_true')
+  parser.add_argument('--ratios', action='store_true')
   args = parser.parse_args(argv)
-  if args.table:
-    print(table(args.results))
+  if args.table or args.ratios:
+    print(table(args.results) if args.table else ratios(args.results))
     return
   out = args.out or args.results
   print(plot_timeline(args.results, out))
