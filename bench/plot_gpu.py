@@ -5,7 +5,7 @@
 
 RESULTS_DIR holds one folder per device call (``startup.json`` and the
 stamped ``<step>.log`` files, gzipped or not) and ``plot.json`` (which runs to draw). Each step's timeline is re-read from its
-log with startup_compare.phases(), so milestones added later apply to old
+log with startup_phases.phases(), so milestones added later apply to old
 runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
 vLLM alone, cold and warm) and ``cumulative_tokens.png`` (output tokens
 over time since the process was spawned); ``--table`` prints the phase
@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import startup_compare  # pylint: disable=wrong-import-position
+import startup_phases  # pylint: disable=wrong-import-position
 
 # (milestone that ends the segment, segment label); a segment runs from the
 # previous milestone found in the run to this one.
@@ -75,10 +75,10 @@ def read_log(path: str) -> list[tuple[float, str]]:
 def timeline(results: str, folder: str, step: str) -> dict:
   """The step's phases, from its stamped log (gzipped or not) or, where
   the log did not come back from the device, from startup.json."""
-  path = os.path.join(results, folder, startup_compare.log_name(step))
+  path = os.path.join(results, folder, startup_phases.log_name(step))
   logs = [p for p in (path, path + '.gz') if os.path.exists(p)]
   if logs:
-    phases = startup_compare.phases(read_log(logs[0]))
+    phases = startup_phases.phases(read_log(logs[0]))
   else:
     phases = step_numbers(results, folder, step).get('phases', {})
   points = cumulative(results, folder, step)
