@@ -128,6 +128,9 @@ def test_line_level(line, level):
     ('2026-11-22T06:15:04.222525Z DEBUG dynamo: x', 10),
     ('2026-11-22T06:15:04.222525Z  WARN mm_routing: x', 30),
     ('{"level":"warn","ts":"2026-11-22T06:55:50.452Z","msg":"x"}', 30),
+    # etcd's warning at every start (no auth here): not news
+    ('{"level":"warn","ts":"2026-12-01T19:42:45.187Z","caller":"auth/store.go:1220",'
+     '"msg":"simple token is not cryptographically signed"}', 10),
     ('2026-11-22T06:15:04.222525Z ERROR dynamo: x', 40),
 ])
 def test_info_lines_are_forwarded_at_debug(line, level):
