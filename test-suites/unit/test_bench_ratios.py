@@ -30,8 +30,10 @@ def test_phases_take_each_milestones_first_line():
 
 def _results(tmp_path):
   """vLLM: ready at 40 s, 4 requests of 100 tokens in 10 s of generate,
-  exit at 60 s. Ours: results at 50 and 52 s (200 tokens each), exit at
-  66 s; its log is gzipped, as the results folders keep large logs."""
+  which returns at 50 s, exit at 60 s. Ours: pipeline.run() at 10 s,
+  results at 50 and 52 s (200 tokens each), the pipeline done at 55 s,
+  exit at 66 s; its log is gzipped, as the results folders keep large
+  logs."""
   call = tmp_path / 'call'
   call.mkdir()
   steps = {
@@ -41,13 +43,15 @@ def _results(tmp_path):
                                  [48.0, 1]]},
       'ours-warm': {'tokens': 400, 'results': 4, 'prompts': 4,
                     'tokens_per_s_after_first_result': 100.0,
-                    'process_wall_s': 66.0,
+                    'first_result_after_pipeline_run_s': 40.0,
+                    'pipeline_wall_s': 45.0, 'process_wall_s': 66.0,
                     'results_t': [[50.0, 100], [50.0, 100], [52.0, 100],
                                   [52.0, 100]]},
   }
   (call / 'startup.json').write_text(json.dumps({'steps': steps}))
   (call / 'vllm-warm.log').write_text(
-      '   40.000 MARK llm_loaded {"t": 1}\n')
+      '   40.000 MARK llm_loaded {"t": 1}\n'
+      '   50.000 MARK generate_done {"t": 2}\n')
   with gzip.open(call / 'ours-warm.log.gz', 'wt') as f:
     f.write('    5.000 MARK imports_done {"t": 1}\n'
             '   50.000 MARK first_result {"t": 2}\n')
@@ -62,8 +66,11 @@ def test_ratios_to_the_offline_engine(tmp_path):
   table = plot_gpu.ratios(_results(tmp_path)).splitlines()
   assert table[0].startswith('| run | first result (s) | / `LLM()` ready (40.0 s)')
   # vLLM's first result is its first finished request (the n == 1 updates)
-  assert table[2] == '| vLLM | 45.0 | 1.12x | 40 | 1.00x | 60.0 | 1.00x |'
-  assert table[3] == '| ours | 50.0 | 1.25x | 100 | 2.50x | 66.0 | 1.10x |'
+  assert table[2] == ('| vLLM | 45.0 | 1.12x | 40 | 1.00x | 60.0 | 1.00x '
+                      '| 50.0 | 1.00x |')
+  # job done: the end of generate / of the pipeline (run at 10 s + 45 s)
+  assert table[3] == ('| ours | 50.0 | 1.25x | 100 | 2.50x | 66.0 | 1.10x '
+                      '| 55.0 | 1.10x |')
 
 
 def test_timeline_reads_gzipped_logs_and_falls_back_to_startup_json(tmp_path):
