@@ -146,6 +146,7 @@ def child_pipeline(args, prompts) -> dict:
   mark('child_started')
   import apache_beam as beam
   from apache_beam.ml.inference.base import RunInference
+  from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam_dynamo import VLLMCompletionsModelHandler
   mark('imports_done')
   sys.path.insert(0, HERE)
@@ -158,6 +159,10 @@ def child_pipeline(args, prompts) -> dict:
   inference_args = {'max_tokens': args.max_tokens, 'temperature': 0.0,
                     'ignore_eos': True}
   options = {}
+  flags = json.loads(args.engine_flags)
+  # workers:N: the DirectRunner runs N bundles at once (multi_threading),
+  # as a Dataflow worker runs several: their batches overlap on one stack
+  workers = int(flags.pop('workers', 1))
   if args.child == 'beam':
     handler = beam277_handler(args)
     # 2.77 hands the arguments to the openai SDK as they are
@@ -165,7 +170,6 @@ def child_pipeline(args, prompts) -> dict:
     # one id, or 2.77 starts a server per pipeline
     options['model_identifier'] = 'startup-compare-beam'
   else:
-    flags = json.loads(args.engine_flags)
     # the handler's own options, not engine flags
     handler_options = {name: int(flags.pop(key)) for key, name in (
         ('inflight', 'max_concurrent_requests'), ('min_batch', 'min_batch_size'),
@@ -194,7 +198,9 @@ def child_pipeline(args, prompts) -> dict:
   prompts_jsonl = f'{args.prompts_file}.{len(prompts)}.jsonl'
   with open(prompts_jsonl, 'w') as f:
     f.writelines(json.dumps(prompt) + '\n' for prompt in prompts)
-  pipeline = beam.Pipeline()
+  pipeline = beam.Pipeline(options=PipelineOptions(
+      direct_num_workers=workers, direct_running_mode='multi_threading'
+      if workers > 1 else 'in_memory'))
   _ = (pipeline | beam.io.ReadFromText(prompts_jsonl) | beam.Map(json.loads)
        | beam.Map(startup_marks.mark_start)
        | RunInference(handler, inference_args=inference_args, **options)

@@ -213,7 +213,8 @@ def main(argv=None) -> None:
       help='NAME=FLAG:VALUE[,FLAG:VALUE]: engine flags of a step named '
       'ours-MODE+NAME, e.g. seqs512=max-num-seqs:512; inflight:N, min_batch:N and '
       "max_batch:N set the handler's max_concurrent_requests, "
-      'min_batch_size and max_batch_size')
+      'min_batch_size and max_batch_size; workers:N runs N bundles at once '
+      '(direct_num_workers, multi_threading)')
   parser.add_argument('--engine_flags', default='{}', help=argparse.SUPPRESS)
   parser.add_argument('--mocker', action='store_true',
                       help='ours on the CPU mocker (a dry run of this script)')
