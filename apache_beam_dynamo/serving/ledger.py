@@ -11,8 +11,9 @@ only conflicts are stopping stacks waits for them, bounded.
 Start-ups and stops on one GPU take turns. vLLM sizes its KV cache from the
 GPU's free memory during its start-up and fails ("Error in memory
 profiling") when another process frees memory meanwhile; what another
-process allocates meanwhile it may count as its own. So a stack is ``starting`` from its claim until ready, and again while its
-engines restart; a newcomer or a restart waits while another stack on its
+process allocates meanwhile it may count as its own. So a stack is
+``starting`` from its claim until ready, and again while its engines
+restart; a newcomer or a restart waits while another stack on its
 GPUs is starting or stopping, and a stack about to stop waits while
 another one on its GPUs is starting (all bounded, then a WARNING and on).
 
@@ -190,8 +191,7 @@ class Ledger:
                            self.wait_s if waited else None)
           busy = conflicts
         else:
-          busy = [e for e in entries.values()
-                  if e.state != RUNNING and e.shares_a_gpu(entry)]
+          busy = _others_on_its_gpus(entries, key, entry, (STARTING, STOPPING))
           if not busy or self._settled_late(began, busy, 'starting'):
             entries[key] = entry
             return
@@ -228,8 +228,7 @@ class Ledger:
         entry = entries.get(key)
         if entry is None:
           return
-        busy = [e for k, e in entries.items() if k != key and
-                e.state in wait_while and e.shares_a_gpu(entry)]
+        busy = _others_on_its_gpus(entries, key, entry, wait_while)
         if not busy or self._settled_late(began, busy, what):
           entries[key] = dataclasses.replace(
               entry, state=state,
@@ -269,6 +268,14 @@ def _overfull(entry: Entry, others) -> tuple[int, float, list[Entry]]:
     if total > 1.0 + _EPSILON:
       return gpu, total, on_gpu
   return -1, 0.0, []
+
+
+def _others_on_its_gpus(entries: dict[str, Entry], key: str, entry: Entry,
+                        states: tuple[str, ...]) -> list[Entry]:
+  """The other stacks (not ``key``) in one of ``states`` on ``entry``'s
+  GPUs."""
+  return [e for k, e in entries.items()
+          if k != key and e.state in states and e.shares_a_gpu(entry)]
 
 
 def _no_room(entry: Entry, gpu: int, total: float, conflicts: list[Entry],
