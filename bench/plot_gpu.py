@@ -4,9 +4,9 @@
     python bench/plot_gpu.py RESULTS_DIR [--out DIR] [--table | --ratios]
 
 RESULTS_DIR holds one folder per device call (``startup.json`` and the
-stamped ``<step>.log`` files, gzipped or not) and ``plot.json`` (which runs to draw). Each step's timeline is re-read from its
-log with startup_phases.phases(), so milestones added later apply to old
-runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
+stamped ``<step>.log`` files, gzipped or not) and ``plot.json`` (which
+runs to draw). Each step's timeline is re-read from its log with
+startup_phases.phases(), so milestones added later apply to old runs too. Writes ``startup_timeline.png`` (start-up per phase, ours and
 vLLM alone, cold and warm) and ``cumulative_tokens.png`` (output tokens
 over time since the process was spawned); ``--table`` prints the phase
 table (markdown) for docs/gpu.md, ``--ratios`` issue 12's numbers and
@@ -15,6 +15,7 @@ the package: use a separate virtual environment).
 """
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -80,7 +81,7 @@ def timeline(results: str, folder: str, step: str) -> dict:
   if logs:
     phases = startup_phases.phases(read_log(logs[0]))
   else:
-    phases = step_numbers(results, folder, step).get('phases', {})
+    phases = dict(step_numbers(results, folder, step).get('phases', {}))
   points = cumulative(results, folder, step)
   if step.startswith('vllm') and points:
     # runs before 2026-12-01 15:00 marked the first "request" from the
@@ -125,9 +126,16 @@ def plot_timeline(results: str, out: str) -> str:
   return path
 
 
-def step_numbers(results: str, folder: str, step: str) -> dict:
+@functools.lru_cache(maxsize=None)
+def _startup_json(results: str, folder: str) -> dict:
+  """A device call's startup.json (up to a few MB), read once."""
   with open(os.path.join(results, folder, 'startup.json')) as f:
-    return json.load(f)['steps'].get(step, {})
+    return json.load(f)
+
+
+def step_numbers(results: str, folder: str, step: str) -> dict:
+  """One step's numbers (shared: do not modify)."""
+  return _startup_json(results, folder)['steps'].get(step, {})
 
 
 def cumulative(results: str, folder: str, step: str) -> list[tuple[float, int]]:
@@ -237,11 +245,15 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('results')
   parser.add_argument('--out', default=None)
-  parser.add_argument('--table', action='store_true')
-  parser.add_argument('--ratios', action='store_true')
+  printed = parser.add_mutually_exclusive_group()
+  printed.add_argument('--table', action='store_true')
+  printed.add_argument('--ratios', action='store_true')
   args = parser.parse_args(argv)
-  if args.table or args.ratios:
-    print(table(args.results) if args.table else ratios(args.results))
+  if args.table:
+    print(table(args.results))
+    return
+  if args.ratios:
+    print(ratios(args.results))
     return
   out = args.out or args.results
   print(plot_timeline(args.results, out))
