@@ -9,8 +9,9 @@
 # staged by earlier calls). It sources ../test-suites/gpu/device_env.sh
 # (the environment and model, as test-suites/gpu/device.sh does). The
 # package comes from its wheel in the payload (/tmp/dyn/site), or from
-# PKG_DIR when set, never from the working tree (run it from another directory: python -m puts the current
-# directory first on sys.path). Results in $OUT:
+# PKG_DIR when set, never from the working tree (run it from another
+# directory: python -m puts the current directory first on sys.path).
+# Results in $OUT:
 # setup.log, startup.json, <step>.log, http_clients.json.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -2,7 +2,9 @@
 (``startup_compare.py --child vllm|ours|beam``): vLLM's offline engine, or
 a DirectRunner pipeline with this package's handler or apache-beam 2.77's.
 Each prints ``MARK`` lines (its milestones, on its monotonic clock) on
-stderr; the parent stamps every line it reads."""
+stderr; the parent stamps every line it reads. The bench folder is on
+sys.path (startup_compare.py puts it there): its modules import as they
+are."""
 
 import json
 import os
@@ -10,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def mark(name: str, t: float = None, **fields) -> None:
@@ -123,7 +123,6 @@ def beam277_handler(args):
   through bench/beam277.py, which needs DYN_SYSTEM_PORT for an offline
   model)."""
   if args.mocker:
-    sys.path.insert(0, HERE)
     os.environ.setdefault('DYN_SYSTEM_PORT', '29123')
     import beam277  # noqa: F401  (swaps dynamo.vllm for the mocker)
     flags = {'speedup-ratio': '0'}
@@ -149,7 +148,6 @@ def child_pipeline(args, prompts) -> dict:
   from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam_dynamo import VLLMCompletionsModelHandler
   mark('imports_done')
-  sys.path.insert(0, HERE)
   import startup_marks  # a module of its own: Beam pickles its functions by reference
 
   served = os.path.basename(os.path.normpath(args.model))
@@ -232,7 +230,6 @@ def child_pipeline(args, prompts) -> dict:
       'results_t': sorted(results),
   }
   if args.child == 'beam':  # 2.77 leaves its server running
-    sys.path.insert(0, HERE)
     import timing  # pylint: disable=import-outside-toplevel
     report['processes_left_behind'] = timing.reap_children()
   if args.after:

@@ -28,14 +28,15 @@ left. With ``--compile_cache DIR`` ours uses the shared start cache:
 ``ours-cold`` also empties DIR (a cold worker that publishes the entry),
 ``ours-restore`` empties only the local caches (a cold worker that
 restores it). ``ours-warm+NAME`` runs with the engine flags of
-``--variant NAME=FLAG:VALUE,...``. Each step runs in a child whose output lines (vLLM's and, for ours,
-the stack's children forwarded through logging) are stamped here on
-arrival, in seconds since the child was spawned; the child adds ``MARK``
-lines (its own milestones, and for ours a poller that watches etcd, the
-frontend and the model list; the children are in startup_children.py).
-``startup_phases.phases()`` turns the stamped lines into a timeline. Writes ``DIR/<step>.log`` (stamped lines) and
-``DIR/startup.json`` after every step; ``--after_ours_warm CMD`` runs a
-command (e.g. bench/http_clients.py) against the still running stack at
+``--variant NAME=FLAG:VALUE,...``. Each step runs in a child whose output
+lines (vLLM's and, for ours, the stack's children forwarded through
+logging) are stamped here on arrival, in seconds since the child was
+spawned; the child adds ``MARK`` lines (its own milestones, and for ours
+a poller that watches etcd, the frontend and the model list; the children
+are in startup_children.py). ``startup_phases.phases()`` turns the
+stamped lines into a timeline. Writes ``DIR/<step>.log`` (stamped lines)
+and ``DIR/startup.json`` after every step; ``--after_ours_warm CMD`` runs
+a command (e.g. bench/http_clients.py) against the still running stack at
 the end of ours-warm, with ``{url}`` and ``{model}`` filled in.
 """
 
@@ -48,8 +49,8 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+# this folder's modules (the children, the phases, gpu_compare) import as they are
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import startup_children  # pylint: disable=wrong-import-position
 from startup_phases import (  # pylint: disable=wrong-import-position
     CACHE_DIR_RE, log_name, phases, reported)
@@ -57,7 +58,6 @@ from startup_phases import (  # pylint: disable=wrong-import-position
 
 def make_prompts(model: str, count: int, tokens: int) -> list[str]:
   """The same prompts bench/gpu_compare.py makes."""
-  sys.path.insert(0, HERE)
   from gpu_compare import make_prompts as gpu_compare_prompts  # pylint: disable=import-outside-toplevel
   return gpu_compare_prompts(model, count, tokens)
 
@@ -138,7 +138,6 @@ def run_child(step: str, args, log_path: str, timeout_s: float) -> dict:
 
 
 def gpu_in_use() -> str:
-  sys.path.insert(0, HERE)
   from gpu_compare import gpu_memory_in_use  # pylint: disable=import-outside-toplevel
   return gpu_memory_in_use()
 
