@@ -166,10 +166,9 @@ def tiny_model() -> str:
 def model_copies(model: str, directory, names=('model-a', 'model-b')) -> list[str]:
   """Copies of the model directory ``model`` under ``directory``, one per
   name: distinct models for tests of several stacks on one machine."""
-  copies = []
-  for name in names:
-    shutil.copytree(model, os.path.join(directory, name))
-    copies.append(os.path.join(str(directory), name))
+  copies = [os.path.join(str(directory), name) for name in names]
+  for copy in copies:
+    shutil.copytree(model, copy)
   return copies
 
 
