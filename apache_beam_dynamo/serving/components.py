@@ -49,6 +49,12 @@ class Component:
   def is_engine(self) -> bool:
     return self.name.startswith('engine')
 
+  @property
+  def uses_gpu(self) -> bool:
+    """A vLLM engine, Dynamo's or vLLM's own server: its start measures the
+    GPU's free memory."""
+    return self.is_engine or self.name == 'vllm-server'
+
   def launch(self, on_line: LineSink, reaper: Reaper) -> None:
     self.process = ManagedProcess(self.build(), on_line)
     self._failed_probes = 0

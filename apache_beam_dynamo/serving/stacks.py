@@ -146,9 +146,8 @@ class Stack(abc.ABC):
         self._components[index]
     ]
     self._stop(reversed(affected))
-    if self._ledger_key is not None and any(
-        c.is_engine or c.name == 'vllm-server' for c in affected):
-      self._ledger.mark_restarting(self._ledger_key)  # they measure the GPU
+    if self._ledger_key is not None and any(c.uses_gpu for c in affected):
+      self._ledger.mark_restarting(self._ledger_key)
     if not all(ports.is_free(p) for c in affected for p in c.ports()):
       _LOGGER.warning('A port of the stack was taken; moving it to new ports.')
       self._stop(reversed(self._components))
