@@ -138,6 +138,11 @@ class _StackModelHandler(ModelHandler[Any, PredictionResult, Lease]):
         use_dynamo=self._settings.stack.use_dynamo,
         mocker=self._settings.stack.engine == 'mocker')
 
+  def batch_elements_kwargs(self) -> Mapping[str, Any]:
+    """Beam's batching options, with the handler's sizing (settings.py)."""
+    return {**super().batch_elements_kwargs(),
+            **dict(handler_settings.BATCH_SIZING)}
+
   def get_postprocess_fns(self) -> list[Callable[[Any], Any]]:
     if self._settings.failed_elements == 'dead_letter':
       return [raise_failed_element]

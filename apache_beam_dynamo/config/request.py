@@ -7,10 +7,13 @@ from apache_beam_dynamo.config import checks
 from apache_beam_dynamo.config.checks import checked
 
 # Default requests in flight per engine. On an H100, 512 gave vLLM 28%
-# more tokens/s than 256 (docs/gpu.md); an engine whose max-num-seqs is
-# set lower (a T4 gets 32) gets QUEUED_PER_SEQUENCE times that instead, so
-# a queue deep enough to refill its batch, not one that times out.
+# more tokens/s than 256 (docs/gpu.md). An engine whose max-num-seqs is
+# known (a flag, or the GPU's defaults: 512 on an H200, 32 on a T4) gets
+# QUEUED_PER_SEQUENCE times that, at most MAX_REQUESTS_PER_ENGINE: a queue
+# that starts the next request the moment a sequence finishes, not one
+# that times out.
 REQUESTS_PER_ENGINE = 512
+MAX_REQUESTS_PER_ENGINE = 1024
 QUEUED_PER_SEQUENCE = 4
 
 
@@ -20,8 +23,9 @@ class RequestConfig:
 
   Attributes:
     max_concurrent_requests: requests in flight per process; None means,
-      per engine of the stack, 512, or 4 x the engine's max-num-seqs when
-      that is set lower: enough to keep each engine's batch full.
+      per engine of the stack, 4 x the engine's max-num-seqs up to 1,024
+      when that is known, else 512: enough to keep each engine's batch full
+      and its queue ready.
     request_timeout_s: one request's deadline, generation included.
     max_request_retries: retries of a transient failure (connection refused
       or reset, 429, 5xx, timeout) while the stack reports ready. Waiting for
@@ -44,5 +48,6 @@ class RequestConfig:
       return self.max_concurrent_requests
     per_engine = REQUESTS_PER_ENGINE
     if max_num_seqs:
-      per_engine = min(per_engine, QUEUED_PER_SEQUENCE * max_num_seqs)
+      per_engine = min(MAX_REQUESTS_PER_ENGINE,
+                       QUEUED_PER_SEQUENCE * max_num_seqs)
     return per_engine * engines

@@ -239,12 +239,25 @@ def test_t4_gets_half_precision_and_small_gpu_memory_settings():
   assert argv.count('--max-num-seqs') == 1
 
 
-def test_l4_and_h100_keep_vllms_defaults():
-  l4, h100 = gpu.parse_nvidia_smi(
-      'NVIDIA L4, 8.9, 23034\nNVIDIA H100 80GB HBM3, 9.0, 81559\n')
+def test_l4_and_a100_keep_vllms_defaults():
+  l4, a100 = gpu.parse_nvidia_smi(
+      'NVIDIA L4, 8.9, 23034\nNVIDIA A100-SXM4-80GB, 8.0, 81920\n')
   assert gpu.engine_defaults(l4) == ()
-  assert gpu.engine_defaults(h100) == ()
+  assert gpu.engine_defaults(a100) == ()  # vLLM gives it 256 sequences
   assert gpu.engine_defaults(None) == ()
+
+
+def test_h100_and_h200_run_512_sequences_not_vllms_1024():
+  h100, h200 = gpu.parse_nvidia_smi(
+      'NVIDIA H100 80GB HBM3, 9.0, 81559\nNVIDIA H200, 9.0, 143771\n')
+  assert gpu.engine_defaults(h100) == (('max-num-seqs', '512'), )
+  assert gpu.engine_defaults(h200) == (('max-num-seqs', '512'), )
+  config = StackConfig('m', use_dynamo=True,
+                       engine_args=(('max-num-seqs', '256'), ))
+  argv = commands.engine_launch(
+      config, PLACEMENT, PARENT, gpu_defaults=gpu.engine_defaults(h200)).argv
+  assert _flag(argv, '--max-num-seqs') == '256'  # the user's value wins
+  assert argv.count('--max-num-seqs') == 1
 
 
 def test_native_server_gets_gpu_defaults_too():

@@ -175,23 +175,46 @@ def test_handlers_keep_apache_beams_positional_order():
   assert completions.stack_config.engine_args == (('max-num-seqs', '8'), )
 
 
+SIZING = {'target_batch_overhead': None, 'target_batch_duration_secs': 60,
+          'variance': 0}
+
+
 def test_batching_arguments_reach_beam():
   handler = VLLMCompletionsModelHandler(
       'm', min_batch_size=4, max_batch_size=64, max_batch_duration_secs=2)
   assert handler.batch_elements_kwargs() == {
-      'min_batch_size': 4, 'max_batch_size': 64, 'max_batch_duration_secs': 2}
+      'min_batch_size': 4, 'max_batch_size': 64, 'max_batch_duration_secs': 2,
+      **SIZING}
 
 
 def test_batch_sizes_default_to_a_full_server_queue():
   assert VLLMCompletionsModelHandler('m').batch_elements_kwargs() == {
-      'min_batch_size': 512, 'max_batch_size': 2048}
+      'min_batch_size': 512, 'max_batch_size': 4096, **SIZING}
   # A smaller max than the default min lowers the min with it.
   assert VLLMCompletionsModelHandler(
       'm', max_batch_size=8).batch_elements_kwargs() == {
-          'min_batch_size': 8, 'max_batch_size': 8}
+          'min_batch_size': 8, 'max_batch_size': 8, **SIZING}
   assert VLLMCompletionsModelHandler(
-      'm', min_batch_size=4000).batch_elements_kwargs() == {
-          'min_batch_size': 4000, 'max_batch_size': 4000}
+      'm', min_batch_size=5000).batch_elements_kwargs() == {
+          'min_batch_size': 5000, 'max_batch_size': 5000, **SIZING}
+
+
+def test_batches_double_in_whole_multiples_of_the_first():
+  """Beam's own estimator, given the handler's options and batch times
+  with a large fixed part (an engine's last, partial wave), still doubles
+  from the first size to the largest, without jitter."""
+  from apache_beam.transforms.util import _BatchSizeEstimator
+  kwargs = dict(VLLMCompletionsModelHandler('m').batch_elements_kwargs())
+  clock = [0.0]
+  estimator = _BatchSizeEstimator(clock=lambda: clock[0], **{
+      k: v for k, v in kwargs.items()})
+  sizes = []
+  for _ in range(16):
+    size = estimator.next_batch_size()
+    sizes.append(size)
+    with estimator.record_time(size):
+      clock[0] += 0.25 + 0.0036 * size  # an H200's batches (docs/gpu.md)
+  assert sizes == [512, 1024, 2048] + [4096] * 13
 
 
 def test_requests_in_flight_default_to_512_per_engine():
@@ -200,11 +223,13 @@ def test_requests_in_flight_default_to_512_per_engine():
   assert RequestConfig(max_concurrent_requests=64).concurrency(engines=2) == 64
 
 
-def test_requests_in_flight_follow_a_small_max_num_seqs():
+def test_requests_in_flight_follow_a_known_max_num_seqs():
   # A T4's engine runs 32 sequences: 4 x 32 queued, not 512 that time out.
   assert RequestConfig().concurrency(engines=1, max_num_seqs=32) == 128
   assert RequestConfig().concurrency(engines=2, max_num_seqs=32) == 256
-  assert RequestConfig().concurrency(engines=1, max_num_seqs=1024) == 512
+  # An H200's runs 512: a second 512 wait in its queue.
+  assert RequestConfig().concurrency(engines=1, max_num_seqs=512) == 1024
+  assert RequestConfig().concurrency(engines=1, max_num_seqs=1024) == 1024
   assert RequestConfig(max_concurrent_requests=8).concurrency(
       engines=1, max_num_seqs=32) == 8
 
@@ -218,8 +243,10 @@ def test_stack_reports_the_max_num_seqs_its_engines_get():
     return built
 
   t4 = gpu.engine_defaults(gpu.GpuInfo('Tesla T4', 7.5, 15360))
+  h200 = gpu.engine_defaults(gpu.GpuInfo('NVIDIA H200', 9.0, 143771))
   assert stack().max_num_seqs is None
   assert stack(gpu_defaults=t4).max_num_seqs == 32
+  assert stack(gpu_defaults=h200).max_num_seqs == 512
   assert stack((('max-num-seqs', '64'), ), gpu_defaults=t4).max_num_seqs == 64
 
 
