@@ -32,9 +32,11 @@ PACKAGE_PATH="${PKG_DIR:-}" . "$HERE/../test-suites/gpu/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader | tee -a "$OUT/setup.log"
 LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
 log "startup_compare: steps $STEPS, budget ${LEFT}s"
+# HTTP_BUDGET_S=0: no client comparison after ours-warm
+AFTER=()
+[ "${HTTP_BUDGET_S:-60}" = 0 ] || AFTER=(--after_ours_warm "python3 $HERE/http_clients.py --url {url} --model {model} --prompts_file /tmp/caches-prompts.json --concurrency 512 --json $OUT/http_clients.json --budget_s ${HTTP_BUDGET_S:-60} --plan ${HTTP_PLAN:-aiohttp:4:8192,lean:4:8192,aiohttp:128:4096,lean:128:4096,lean:4:8192,aiohttp:4:8192,lean:128:4096,aiohttp:128:4096}")
 python3 "$HERE/startup_compare.py" --model "$MODEL" --out "$OUT" --steps "$STEPS" \
-  --budget_s "$LEFT" ${STARTUP_ARGS:-} \
-  --after_ours_warm "python3 $HERE/http_clients.py --url {url} --model {model} --prompts_file /tmp/caches-prompts.json --concurrency 512 --json $OUT/http_clients.json --budget_s ${HTTP_BUDGET_S:-60} --plan ${HTTP_PLAN:-aiohttp:4:8192,lean:4:8192,aiohttp:128:4096,lean:128:4096,lean:4:8192,aiohttp:4:8192,lean:128:4096,aiohttp:128:4096}"
+  --budget_s "$LEFT" ${STARTUP_ARGS:-} "${AFTER[@]}"
 log "startup_compare rc=$?"
 { echo "== compile cache tree"; find /tmp/caches/vllm -maxdepth 4 -type d 2>/dev/null | head -40
   du -sh /tmp/caches/* 2>/dev/null; echo "== GPU after"; nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader

@@ -178,10 +178,20 @@ def child_pipeline(args, prompts) -> dict:
     else:
       flags = {'gpu-memory-utilization': str(args.gpu_memory_utilization),
                **flags}
+    # beam_sizing:1: BatchElements' own timing targets and jitter, as the
+    # handler passed them before settings.BATCH_SIZING (with max_batch:2048,
+    # the earlier defaults)
+    beam_sizing = int(flags.pop('beam_sizing', 0))
     handler = VLLMCompletionsModelHandler(
         args.model, flags, use_dynamo=True, keep_alive_s=600,
         startup_timeout_s=900, compile_cache=args.compile_cache,
         **handler_options)
+    if beam_sizing:
+      import functools
+      from apache_beam_dynamo.beam.settings import BATCH_SIZING
+      kwargs = {k: v for k, v in handler.batch_elements_kwargs().items()
+                if k not in dict(BATCH_SIZING)}
+      handler.batch_elements_kwargs = functools.partial(dict, kwargs)
   handler_class = type(handler)
   original = handler_class.load_model
 

@@ -28,7 +28,9 @@ left. With ``--compile_cache DIR`` ours uses the shared start cache:
 ``ours-cold`` also empties DIR (a cold worker that publishes the entry),
 ``ours-restore`` empties only the local caches (a cold worker that
 restores it). ``ours-warm+NAME`` runs with the engine flags of
-``--variant NAME=FLAG:VALUE,...``. Each step runs in a child whose output
+``--variant NAME=FLAG:VALUE,...``; ``ours-prime+NAME`` runs them on
+``--cold_prompts`` without emptying a cache (a variant whose flags change
+the compile cache's key compiles there, so its warm step is warm). Each step runs in a child whose output
 lines (vLLM's and, for ours, the stack's children forwarded through
 logging) are stamped here on arrival, in seconds since the child was
 spawned; the child adds ``MARK`` lines (its own milestones, and for ours
@@ -91,7 +93,7 @@ def run_child(step: str, args, log_path: str, timeout_s: float) -> dict:
     argv.append('--mocker')
   if step == 'ours-warm' and args.after_ours_warm:
     argv += ['--after', args.after_ours_warm]
-  if step_mode(step) in ('cold', 'restore'):
+  if step_mode(step) in ('cold', 'restore', 'prime'):
     argv += ['--prompts_limit', str(args.cold_prompts)]
   if args.compile_cache:
     argv += ['--compile_cache', args.compile_cache]
@@ -213,7 +215,8 @@ def main(argv=None) -> None:
       'ours-MODE+NAME, e.g. seqs512=max-num-seqs:512; inflight:N, min_batch:N and '
       "max_batch:N set the handler's max_concurrent_requests, "
       'min_batch_size and max_batch_size; workers:N runs N bundles at once '
-      '(direct_num_workers, multi_threading)')
+      "(direct_num_workers, multi_threading); beam_sizing:1 BatchElements' "
+      'own timing targets and jitter')
   parser.add_argument('--engine_flags', default='{}', help=argparse.SUPPRESS)
   parser.add_argument('--mocker', action='store_true',
                       help='ours on the CPU mocker (a dry run of this script)')
@@ -271,11 +274,11 @@ def main(argv=None) -> None:
     if mode == 'cold' and args.compile_cache and os.path.isdir(args.compile_cache):
       shutil.rmtree(args.compile_cache)  # a cold worker with no entry yet
       wiped.append(args.compile_cache)
-    # the GPU must be free of the last step's engine
-    deadline = time.monotonic() + 30
-    while gpu_in_use() and time.monotonic() < deadline:
-      time.sleep(0.5)
-    kill_gpu_holders()
+    if not args.mocker:  # the GPU must be free of the last step's engine
+      deadline = time.monotonic() + 30
+      while gpu_in_use() and time.monotonic() < deadline:
+        time.sleep(0.5)
+      kill_gpu_holders()
     numbers = run_child(step, args, os.path.join(args.out, log_name(step)),
                         timeout_s=max(left - 5, 30))
     numbers['wiped'] = wiped
