@@ -45,6 +45,7 @@ the end of ours-warm, with ``{url}`` and ``{model}`` filled in.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -221,8 +222,10 @@ def main(argv=None) -> None:
   parser.add_argument('--mocker', action='store_true',
                       help='ours on the CPU mocker (a dry run of this script)')
   args = parser.parse_args(argv)
-  args.variants = {name: flags.split(',') for name, _, flags in (
-      v.partition('=') for v in args.variant)}
+  # a comma starts the next FLAG:VALUE only where one follows, so a value
+  # may be JSON: compilation-config:{"cudagraph_capture_sizes":[1,2,4]}
+  args.variants = {name: re.split(r',(?=[A-Za-z_][\w-]*:)', flags)
+                   for name, _, flags in (v.partition('=') for v in args.variant)}
 
   if args.child:
     with open(args.prompts_file) as f:
