@@ -247,17 +247,22 @@ def test_l4_and_a100_keep_vllms_defaults():
   assert gpu.engine_defaults(None) == ()
 
 
-def test_h100_and_h200_run_512_sequences_not_vllms_1024():
+def test_h100_and_h200_run_512_sequences_with_10_cuda_graph_sizes():
   h100, h200 = gpu.parse_nvidia_smi(
       'NVIDIA H100 80GB HBM3, 9.0, 81559\nNVIDIA H200, 9.0, 143771\n')
-  assert gpu.engine_defaults(h100) == (('max-num-seqs', '512'), )
-  assert gpu.engine_defaults(h200) == (('max-num-seqs', '512'), )
-  config = StackConfig('m', use_dynamo=True,
-                       engine_args=(('max-num-seqs', '256'), ))
+  assert gpu.engine_defaults(h100) == gpu.engine_defaults(h200)
+  defaults = dict(gpu.engine_defaults(h200))
+  assert defaults['max-num-seqs'] == '512'
+  assert json.loads(defaults['compilation-config']) == {
+      'cudagraph_capture_sizes': [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]}
+  config = StackConfig('m', use_dynamo=True, engine_args=(
+      ('max-num-seqs', '256'), ('compilation-config', '{"mode": 0}')))
   argv = commands.engine_launch(
       config, PLACEMENT, PARENT, gpu_defaults=gpu.engine_defaults(h200)).argv
-  assert _flag(argv, '--max-num-seqs') == '256'  # the user's value wins
-  assert argv.count('--max-num-seqs') == 1
+  # the user's values win
+  assert _flag(argv, '--max-num-seqs') == '256'
+  assert _flag(argv, '--compilation-config') == '{"mode": 0}'
+  assert argv.count('--max-num-seqs') == argv.count('--compilation-config') == 1
 
 
 def test_native_server_gets_gpu_defaults_too():
