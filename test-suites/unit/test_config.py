@@ -204,10 +204,9 @@ def test_batches_double_in_whole_multiples_of_the_first():
   with a large fixed part (an engine's last, partial wave), still doubles
   from the first size to the largest, without jitter."""
   from apache_beam.transforms.util import _BatchSizeEstimator
-  kwargs = dict(VLLMCompletionsModelHandler('m').batch_elements_kwargs())
+  kwargs = VLLMCompletionsModelHandler('m').batch_elements_kwargs()
   clock = [0.0]
-  estimator = _BatchSizeEstimator(clock=lambda: clock[0], **{
-      k: v for k, v in kwargs.items()})
+  estimator = _BatchSizeEstimator(clock=lambda: clock[0], **kwargs)
   sizes = []
   for _ in range(16):
     size = estimator.next_batch_size()
